@@ -1,0 +1,221 @@
+"""The contracts every component implements.
+
+Sign convention (one place, :class:`EnergyHead`): logits ``f(x)`` of shape ``[N, C]`` define
+``E(x, y) = -f(x)[y]`` and ``E(x) = -logsumexp_y f(x)[y]``. Lower energy means more likely;
+``p(x) ∝ exp(-E(x))``. Samplers only ever see an energy function ``x -> E(x)`` of shape ``[N]``.
+
+Factories registered for each kind are called by :mod:`jemkit.build` as::
+
+    backbone    factory(params, context) -> Backbone          (context.input_shape)
+    head        factory(params, context) -> EnergyHead        (context.feature_dim, num_classes)
+    chain_init  factory(params, context) -> ChainInit         (context.input_shape, num_classes)
+    transition  factory(params, context) -> Transition
+    loss        factory(params, context) -> Loss
+    data        factory(params, context) -> DataSplits
+    optimizer   factory(params, context, parameters) -> torch.optim.Optimizer
+    schedule    factory(params, context, optimizer) -> LRScheduler, stepped once per iteration
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+#: ``x -> E(x)``: per-sample energies ``[N]`` of a batch ``x``; lower is more likely.
+EnergyFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class BuildContext:
+    """What a component may know about the experiment besides its own parameters."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    #: Shape of one input without the batch dimension: ``(C, H, W)`` for images, ``(D,)`` for vectors.
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    #: Width of the backbone's feature vector (set before heads are built).
+    feature_dim: int | None = None
+    #: Run directory for components that cache files (``None`` outside a run).
+    run_dir: Path | None = None
+    #: Training data, for components that fit statistics on it (informative initialisation).
+    train_data: Dataset | None = None
+    #: Iterations per epoch and in total (set before optimisers and schedules are built).
+    steps_per_epoch: int | None = None
+    total_steps: int | None = None
+    seed: int = 0
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Backbone(nn.Module, abc.ABC):
+    """Maps a batch of inputs ``[N, *input_shape]`` to features ``[N, feature_dim]``."""
+
+    feature_dim: int
+
+    @abc.abstractmethod
+    def forward(self, x: Tensor) -> Tensor: ...
+
+
+class EnergyHead(nn.Module, abc.ABC):
+    """Maps features ``[N, D]`` to logits ``[N, C]`` and owns the energy sign convention."""
+
+    num_classes: int
+
+    @abc.abstractmethod
+    def forward(self, features: Tensor) -> Tensor: ...
+
+    def energy(self, logits: Tensor, y: Tensor | None = None) -> Tensor:
+        """Energy ``[N]`` from logits: ``-logsumexp(logits)``, or ``-logits[y]`` given labels ``y``."""
+        if y is None:
+            return -torch.logsumexp(logits, dim=1)
+        return -logits.gather(1, y.view(-1, 1).long()).squeeze(1)
+
+
+class JointEnergyModel(nn.Module):
+    """A classifier read as an energy model of ``p(x, y)``: backbone plus energy head."""
+
+    def __init__(self, backbone: Backbone, head: EnergyHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits ``[N, C]``."""
+        return self.head(self.backbone(x))
+
+    logits = forward
+
+    def energy(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """Energy ``[N]`` of inputs ``x`` (marginal, or joint with labels ``y``); lower is more likely."""
+        return self.head.energy(self(x), y)
+
+    def energy_from_logits(self, logits: Tensor, y: Tensor | None = None) -> Tensor:
+        """Energy ``[N]`` from logits already computed, sparing a second forward pass."""
+        return self.head.energy(logits, y)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+@dataclass
+class ChainStart:
+    """Starting points of a batch of chains, and what the initialiser needs to write them back."""
+
+    x: Tensor
+    #: Initialiser-private bookkeeping, e.g. replay-buffer slot indices.
+    slots: Any = None
+    #: Fraction of chains started from fresh noise rather than from memory, in [0, 1].
+    reinit_fraction: float = 1.0
+
+
+class ChainInit(abc.ABC):
+    """Where chains start: fresh noise, a persistent replay buffer, a fitted Gaussian, ..."""
+
+    @abc.abstractmethod
+    def start(self, n: int, y: Tensor | None, device: torch.device) -> ChainStart:
+        """Starting points ``[n, *input_shape]`` for ``n`` chains (class-conditional when ``y`` is given)."""
+
+    def finish(self, start: ChainStart, x_final: Tensor) -> None:
+        """Take back the chains' final states (a replay buffer stores them); default: forget them."""
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Tensors to carry in checkpoints (a replay buffer's contents); default: none."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if state:
+            raise ValueError(f"{type(self).__name__} holds no state, got keys {sorted(state)}")
+
+
+@dataclass
+class StepResult:
+    """One transition of a batch of chains."""
+
+    x: Tensor
+    #: Energies ``[N]`` at the input of this step (detached).
+    energy: Tensor
+    #: Mean L2 norm of ``dE/dx`` at the input of this step.
+    grad_norm: float
+    #: Metropolis acceptance rate of this step, ``None`` for unadjusted transitions.
+    accept_rate: float | None = None
+
+
+class Transition(abc.ABC):
+    """One Markov-chain step on ``x`` targeting ``p(x) ∝ exp(-E(x))``."""
+
+    @abc.abstractmethod
+    def step(self, x: Tensor, energy_fn: EnergyFn) -> StepResult:
+        """Advance every chain by one step; must not keep an autograd graph alive."""
+
+
+def energy_and_grad(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Energies ``[N]`` at ``x`` and their input gradient ``dE/dx`` (both detached)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        energy = energy_fn(x)
+        (grad,) = torch.autograd.grad(energy.sum(), x)
+    return energy.detach(), grad.detach()
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class Batch:
+    """One training batch: labelled inputs, and the inputs for the ``p(x)`` term."""
+
+    x: Tensor
+    y: Tensor
+
+
+@dataclass
+class LossOutput:
+    """A scalar loss to minimise and the metrics to log (plain floats, keys without prefix)."""
+
+    loss: Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Loss(abc.ABC):
+    """Training objective; receives the model, a batch and (possibly) the sampler."""
+
+    #: Whether this loss draws negatives from the sampler.
+    needs_sampler: bool = False
+
+    @abc.abstractmethod
+    def __call__(self, model: JointEnergyModel, batch: Batch, sampler: Any) -> LossOutput: ...
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataSplits:
+    """A labelled data set: train and test splits of ``(x, y)`` pairs.
+
+    Inputs are float tensors scaled to ``[-1, 1]`` (plus any input noise the recipe adds);
+    labels are integer class indices in ``[0, num_classes)``.
+    """
+
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    val: Dataset | None = None
+    #: The training split without augmentation, for fitting statistics (may equal ``train``).
+    train_plain: Dataset | None = None
+    class_names: list[str] | None = None
+
+
+def parameters_requiring_grad(module: nn.Module) -> Iterable[nn.Parameter]:
+    """The parameters of ``module`` that an optimiser should update."""
+    return (p for p in module.parameters() if p.requires_grad)

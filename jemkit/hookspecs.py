@@ -1,0 +1,100 @@
+"""Hook specifications: every hook a jemkit plugin may implement.
+
+Registration hooks receive the :class:`~jemkit.registry.Registry` of one kind and call
+``registry.register(name, factory, params=ParamsDataclass)``. Lifecycle hooks receive the
+running :class:`~jemkit.train.Trainer` and let loggers, EMA or FID tracking plug in without
+touching the loop. Only specifications live here; implementations are in plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from jemkit.registry import Registry
+    from jemkit.train import Trainer
+
+PROJECT_NAME = "jemkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+@hookspec
+def jemkit_register_backbones(registry: Registry) -> None:
+    """Register backbones: ``factory(params, context) -> Backbone`` (inputs to features)."""
+
+
+@hookspec
+def jemkit_register_heads(registry: Registry) -> None:
+    """Register energy heads: ``factory(params, context) -> EnergyHead`` (features to logits)."""
+
+
+@hookspec
+def jemkit_register_chain_inits(registry: Registry) -> None:
+    """Register chain initialisers: ``factory(params, context) -> ChainInit``."""
+
+
+@hookspec
+def jemkit_register_transitions(registry: Registry) -> None:
+    """Register sampler transitions: ``factory(params, context) -> Transition``."""
+
+
+@hookspec
+def jemkit_register_losses(registry: Registry) -> None:
+    """Register training losses: ``factory(params, context) -> Loss``."""
+
+
+@hookspec
+def jemkit_register_data(registry: Registry) -> None:
+    """Register data sets: ``factory(params, context) -> DataSplits``."""
+
+
+@hookspec
+def jemkit_register_optimizers(registry: Registry) -> None:
+    """Register optimisers: ``factory(params, context, parameters) -> torch.optim.Optimizer``."""
+
+
+@hookspec
+def jemkit_register_schedules(registry: Registry) -> None:
+    """Register LR schedules: ``factory(params, context, optimizer) -> LRScheduler`` (stepped per iteration)."""
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@hookspec
+def jemkit_run_start(run: Trainer) -> None:
+    """Called once the run is built, before the first iteration (also after a resume)."""
+
+
+@hookspec
+def jemkit_step_end(run: Trainer, step: int, metrics: dict[str, Any]) -> None:
+    """Called after every optimiser step with that step's metrics (``train/loss``, ...).
+
+    ``step`` counts optimiser steps from 1. A plugin may add entries to ``metrics``; they are
+    logged with the rest when the step is a logging step.
+    """
+
+
+@hookspec
+def jemkit_run_end(run: Trainer, summary: dict[str, Any]) -> None:
+    """Called once after training with the final summary (``test/acc``, ``steps``, ...)."""
+
+
+#: Registration hook name for each component kind.
+REGISTRATION_HOOKS: dict[str, str] = {
+    "backbone": "jemkit_register_backbones",
+    "head": "jemkit_register_heads",
+    "chain_init": "jemkit_register_chain_inits",
+    "transition": "jemkit_register_transitions",
+    "loss": "jemkit_register_losses",
+    "data": "jemkit_register_data",
+    "optimizer": "jemkit_register_optimizers",
+    "schedule": "jemkit_register_schedules",
+}

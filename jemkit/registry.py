@@ -1,0 +1,154 @@
+"""Typed, per-kind registries of named components.
+
+A plugin registers a *factory* under a name, together with the dataclass of parameters that
+the factory accepts. Recipes then choose components by that name (``{name: sgld, ...}``); the
+build step validates the remaining keys against the dataclass and calls
+``factory(params, context)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from jemkit.errors import RegistryError
+
+#: The kinds of component jemkit knows, in the order ``list-plugins`` shows them.
+KINDS: tuple[str, ...] = (
+    "backbone",
+    "head",
+    "chain_init",
+    "transition",
+    "loss",
+    "data",
+    "optimizer",
+    "schedule",
+)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: how to build it and where it came from."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    params: type | None
+    description: str
+    plugin: str = "?"
+
+
+def first_line(text: str | None) -> str:
+    """The first non-empty line of ``text`` (a docstring), or an empty string."""
+    for line in (text or "").strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+class Registry:
+    """Components of one kind, keyed by name.
+
+    Duplicate names are an error, and an unknown name gets a did-you-mean suggestion plus a
+    pointer to ``jemkit list-plugins``.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown component kind {kind!r}; expected one of {KINDS}")
+        self.kind = kind
+        self._components: dict[str, Component] = {}
+        #: Name of the plugin currently registering; set by the plugin manager.
+        self.current_plugin = "?"
+
+    def register(
+        self,
+        name: str,
+        factory: Callable[..., Any],
+        params: type | None = None,
+        description: str | None = None,
+    ) -> Component:
+        """Register ``factory`` as ``name``.
+
+        ``factory(params, context)`` must return the component; ``params`` is an instance of the
+        ``params`` dataclass filled from the recipe (``None`` if the component takes none).
+        ``description`` defaults to the first line of the factory's docstring.
+        """
+        if not isinstance(name, str) or not name.isidentifier():
+            raise RegistryError(
+                f"Plugin {self.current_plugin!r} tried to register a {self.kind} named {name!r}; "
+                "component names must be Python identifiers such as 'replay_buffer'."
+            )
+        if params is not None and not dataclasses.is_dataclass(params):
+            raise RegistryError(
+                f"Plugin {self.current_plugin!r} registered {self.kind} {name!r} with params "
+                f"{params!r}, which is not a dataclass; declare its parameters as a @dataclass."
+            )
+        if name in self._components:
+            previous = self._components[name]
+            raise RegistryError(
+                f"Two plugins register a {self.kind} named {name!r}: {previous.plugin!r} and "
+                f"{self.current_plugin!r}. Rename one of them, or uninstall the plugin you do "
+                "not want (see `jemkit list-plugins`)."
+            )
+        component = Component(
+            kind=self.kind,
+            name=name,
+            factory=factory,
+            params=params,
+            description=description or first_line(factory.__doc__) or "(no description)",
+            plugin=self.current_plugin,
+        )
+        self._components[name] = component
+        return component
+
+    def get(self, name: str) -> Component:
+        """The component called ``name``; a :class:`RegistryError` with suggestions if unknown."""
+        try:
+            return self._components[name]
+        except KeyError:
+            pass
+        close = difflib.get_close_matches(str(name), list(self._components), n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        known = ", ".join(sorted(self._components)) or "none"
+        raise RegistryError(
+            f"Unknown {self.kind} {name!r}.{hint} Known {self.kind} components: {known}. "
+            "Run `jemkit list-plugins` to see every installed component, or install the plugin "
+            "that provides it."
+        ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._components
+
+    def __iter__(self) -> Iterator[Component]:
+        return iter(sorted(self._components.values(), key=lambda c: c.name))
+
+    def __len__(self) -> int:
+        return len(self._components)
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._components)
+
+
+class Registries:
+    """One :class:`Registry` per kind, reachable as attributes or by kind name."""
+
+    def __init__(self) -> None:
+        self._by_kind = {kind: Registry(kind) for kind in KINDS}
+
+    def __getitem__(self, kind: str) -> Registry:
+        try:
+            return self._by_kind[kind]
+        except KeyError:
+            raise RegistryError(f"Unknown component kind {kind!r}; kinds are {', '.join(KINDS)}.") from None
+
+    def __iter__(self) -> Iterator[Registry]:
+        return iter(self._by_kind.values())
+
+    def components(self) -> list[Component]:
+        """Every registered component, grouped by kind in :data:`KINDS` order."""
+        return [c for registry in self for c in registry]
