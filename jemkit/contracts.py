@@ -143,10 +143,10 @@ class StepResult:
     x: Tensor
     #: Energies ``[N]`` at the input of this step (detached).
     energy: Tensor
-    #: Mean L2 norm of ``dE/dx`` at the input of this step.
-    grad_norm: float
-    #: Metropolis acceptance rate of this step, ``None`` for unadjusted transitions.
-    accept_rate: float | None = None
+    #: Mean L2 norm of ``dE/dx`` at the input of this step (0-dim tensor: no device sync).
+    grad_norm: Tensor
+    #: Metropolis acceptance rate of this step (0-dim tensor), ``None`` for unadjusted transitions.
+    accept_rate: Tensor | None = None
 
 
 class Transition(abc.ABC):

@@ -137,7 +137,7 @@ def _fill_registries(plugins: PluginSet) -> None:
     for registry in plugins.registries:
         hook_name = hookspecs.REGISTRATION_HOOKS[registry.kind]
         caller = getattr(plugins.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order (pluggy calls them in reverse)
             if impl.plugin_name not in plugins.origins:
                 continue
             registry.current_plugin = impl.plugin_name

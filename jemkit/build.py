@@ -1,0 +1,171 @@
+"""The one place where a recipe becomes objects.
+
+Each component receives its own validated parameters and an explicit
+:class:`~jemkit.contracts.BuildContext`, never the whole recipe.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from jemkit.config import DEFAULT_SAMPLER, SamplerParams, TrainParams, build_params, component_params, section
+from jemkit.contracts import (
+    Backbone,
+    BuildContext,
+    ChainInit,
+    DataSplits,
+    EnergyHead,
+    JointEnergyModel,
+    Loss,
+    Transition,
+    parameters_requiring_grad,
+)
+from jemkit.errors import JemkitError, RecipeError
+from jemkit.plugin_manager import PluginSet
+from jemkit.sampler import Sampler
+
+
+@dataclass
+class Experiment:
+    """Everything a run needs, built from one recipe."""
+
+    cfg: DictConfig
+    context: BuildContext
+    data: DataSplits
+    model: JointEnergyModel
+    sampler: Sampler
+    loss: Loss
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    train: TrainParams
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise RecipeError(f"device {spec!r} is not a device name; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RecipeError(
+            f"The recipe asks for device {spec!r}, but no CUDA device is available. Set device=auto or device=cpu."
+        )
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _call(kind: str, name: str, dotted: str, factory: Any, *args: Any) -> Any:
+    try:
+        return factory(*args)
+    except JemkitError:
+        raise
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RecipeError(f"Could not build {kind} {name!r} from recipe section {dotted!r}: {exc}.") from None
+
+
+def build_component(
+    plugins: PluginSet, kind: str, cfg: DictConfig, dotted: str, context: BuildContext, *extra: Any, source: str = "recipe"
+) -> Any:
+    """Validate the section at ``dotted`` and call the registered factory of its ``name``."""
+    node = section(cfg, dotted, source)
+    registry = plugins.registries[kind]
+    name, params = component_params(registry, node, dotted, source)
+    return _call(kind, name, dotted, registry.get(name).factory, params, context, *extra)
+
+
+def build_data(plugins: PluginSet, cfg: DictConfig, context: BuildContext, source: str = "recipe") -> DataSplits:
+    """The recipe's data set; fills ``context.input_shape`` and ``context.num_classes``."""
+    data = build_component(plugins, "data", cfg, "data", context, source=source)
+    if not isinstance(data, DataSplits):
+        raise RecipeError(f"The data component {cfg.data.name!r} returned {type(data).__name__}, not DataSplits.")
+    context.input_shape = tuple(data.input_shape)
+    context.num_classes = data.num_classes
+    context.train_data = data.train_plain or data.train
+    return data
+
+
+def build_model(plugins: PluginSet, cfg: DictConfig, context: BuildContext, source: str = "recipe") -> JointEnergyModel:
+    """Backbone plus energy head; fills ``context.feature_dim``."""
+    backbone = build_component(plugins, "backbone", cfg, "model.backbone", context, source=source)
+    if not isinstance(backbone, Backbone):
+        raise RecipeError(f"Backbone {cfg.model.backbone.name!r} is not a jemkit.contracts.Backbone.")
+    context.feature_dim = backbone.feature_dim
+    head = build_component(plugins, "head", cfg, "model.head", context, source=source)
+    if not isinstance(head, EnergyHead):
+        raise RecipeError(f"Head {cfg.model.head.name!r} is not a jemkit.contracts.EnergyHead.")
+    return JointEnergyModel(backbone, head).to(context.device)
+
+
+def build_sampler(plugins: PluginSet, cfg: DictConfig, context: BuildContext, source: str = "recipe") -> Sampler:
+    """Chain initialiser plus transition, with the kernel's sampler settings."""
+    node = cfg.get("sampler")
+    if node is None:
+        node = OmegaConf.create(DEFAULT_SAMPLER)
+    if not isinstance(node, DictConfig):
+        raise RecipeError(f"{source}: 'sampler' must be a mapping with init and transition, got {node!r}.")
+    wrapper = OmegaConf.create({"sampler": node})
+    for key, default in (("init", DEFAULT_SAMPLER["init"]), ("transition", DEFAULT_SAMPLER["transition"])):
+        if key not in wrapper.sampler:
+            wrapper.sampler[key] = default
+    kernel = {k: v for k, v in wrapper.sampler.items() if k not in ("init", "transition")}
+    settings: SamplerParams = build_params(SamplerParams, kernel, "sampler", source, what="the sampler")
+    init = build_component(plugins, "chain_init", wrapper, "sampler.init", context, source=source)
+    transition = build_component(plugins, "transition", wrapper, "sampler.transition", context, source=source)
+    if not isinstance(init, ChainInit) or not isinstance(transition, Transition):
+        raise RecipeError("sampler.init must build a ChainInit and sampler.transition a Transition.")
+    return Sampler(init, transition, settings.steps, settings.model_mode, settings.freeze_weights)
+
+
+def build_train_params(cfg: DictConfig, source: str = "recipe") -> TrainParams:
+    """The ``train:`` section as :class:`TrainParams` (defaults where absent)."""
+    raw = cfg.get("train") or {}
+    return build_params(TrainParams, raw, "train", source, what="the training loop")
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Iterations per epoch with ``drop_last`` batching (at least one)."""
+    return max(1, num_train // batch_size)
+
+
+def build_experiment(
+    plugins: PluginSet, cfg: DictConfig, run_dir: Path | None = None, source: str = "recipe"
+) -> Experiment:
+    """Build every component of ``cfg``, seeding the RNGs first so builds are reproducible.
+
+    ``source`` names the recipe in error messages (its file path).
+    """
+    seed = cfg.get("seed", 1)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise RecipeError(f"{source}: 'seed' must be an integer, got {seed!r}.")
+    train = build_train_params(cfg, source)
+    device = resolve_device(cfg.get("device", "auto"))
+    seed_everything(seed)
+    context = BuildContext(device=device, run_dir=run_dir, seed=seed)
+    data = build_data(plugins, cfg, context, source)
+    context.steps_per_epoch = steps_per_epoch(len(data.train), train.batch_size)
+    context.total_steps = train.max_steps or context.steps_per_epoch * train.epochs
+    model = build_model(plugins, cfg, context, source)
+    sampler = build_sampler(plugins, cfg, context, source)
+    loss = build_component(plugins, "loss", cfg, "loss", context, source=source)
+    optimizer = build_component(
+        plugins, "optimizer", cfg, "optimizer", context, parameters_requiring_grad(model), source=source
+    )
+    schedule_cfg = cfg if cfg.get("schedule") is not None else OmegaConf.create({"schedule": {"name": "constant"}})
+    schedule = build_component(plugins, "schedule", schedule_cfg, "schedule", context, optimizer, source=source)
+    return Experiment(cfg, context, data, model, sampler, loss, optimizer, schedule, train)

@@ -1,0 +1,225 @@
+"""The ``jemkit`` command line: ``run`` and ``list-plugins``.
+
+Every error a user can cause ends in one clear paragraph on stderr and a non-zero exit code,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from jemkit import __version__
+from jemkit.config import apply_overrides, check_structure, from_yaml, load_recipe, to_yaml
+from jemkit.errors import JemkitError, RecipeError
+from jemkit.plugin_manager import PluginSet, load_plugins
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jemkit", description="Train and evaluate Joint Energy-based Models from YAML recipes."
+    )
+    parser.add_argument("--version", action="version", version=f"jemkit {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser("run", help="train a recipe", description="Train the experiment a recipe describes.")
+    run.add_argument("recipe", nargs="?", help="recipe YAML file, e.g. recipes/jem_digits.yaml")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=5")
+    run.add_argument("--out", type=Path, help="run directory (default runs/<recipe-name>-<timestamp>)")
+    run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+
+    listing = commands.add_parser("list-plugins", help="list plugins and their components")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jemkit`` console script; returns the exit code."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may follow options (`run RECIPE --out DIR key=value`); argparse leaves those over.
+    stray = [item for item in extra if item.startswith("-") or "=" not in item or args.command != "run"]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    console = Console()
+    errors = Console(stderr=True)
+    try:
+        if args.command == "list-plugins":
+            return list_plugins(args, console, errors)
+        return run(args, console, errors)
+    except KeyboardInterrupt:
+        errors.print("[yellow]interrupted[/yellow]")
+        return EXIT_INTERRUPTED
+    except JemkitError as exc:
+        from jemkit.train import Interrupted
+
+        if isinstance(exc, Interrupted):
+            errors.print(f"[yellow]{exc}[/yellow]", highlight=False)
+            return EXIT_INTERRUPTED
+        errors.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        return EXIT_USER_ERROR
+
+
+def _report_plugin_failures(plugins: PluginSet, errors: Console) -> None:
+    for failure in plugins.failures:
+        errors.print(f"[yellow]warning:[/yellow] {failure.message()}", highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- list-plugins
+
+
+def plugin_rows(plugins: PluginSet) -> list[dict[str, str]]:
+    """One row per registered component: plugin, origin, kind, name, description."""
+    return [
+        {
+            "plugin": c.plugin,
+            "origin": plugins.origins.get(c.plugin, "?"),
+            "kind": c.kind,
+            "name": c.name,
+            "description": c.description,
+        }
+        for c in plugins.registries.components()
+    ]
+
+
+def list_plugins(args: argparse.Namespace, console: Console, errors: Console) -> int:
+    plugins = load_plugins()
+    _report_plugin_failures(plugins, errors)
+    rows = plugin_rows(plugins)
+    if args.json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    table = Table(title=f"jemkit {__version__} plugins", show_lines=False)
+    for column in ("plugin", "origin", "kind", "name", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(row[k] for k in ("plugin", "origin", "kind", "name", "description")))
+    console.print(table)
+    return 0
+
+
+# --------------------------------------------------------------------------- run
+
+
+def default_run_dir(recipe_name: str, root: Path = Path("runs")) -> Path:
+    """``runs/<recipe-name>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that exists already."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    candidate = root / f"{recipe_name}-{stamp}"
+    suffix = 1
+    while candidate.exists():
+        suffix += 1
+        candidate = root / f"{recipe_name}-{stamp}-{suffix}"
+    return candidate
+
+
+def _check_fresh_run_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"--out {str(path)!r} is a file, not a directory. Choose another run directory.")
+    if path.is_dir() and any(path.iterdir()):
+        raise RecipeError(
+            f"Run directory {str(path)!r} already holds files; jemkit does not overwrite a run. "
+            f"Continue it with `jemkit run --resume {path}`, or pass another --out."
+        )
+
+
+def _resume_config(run_dir: Path, overrides: list[str]):
+    config = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise RecipeError(
+            f"Cannot resume: run directory {str(run_dir)!r} does not exist. Pass the directory of an "
+            "earlier `jemkit run` (it holds config.yaml and checkpoints/)."
+        )
+    if not config.is_file():
+        raise RecipeError(
+            f"Cannot resume: {str(config)!r} is missing, so {str(run_dir)!r} is not a jemkit run directory."
+        )
+    try:
+        cfg = from_yaml(config.read_text(encoding="utf-8"))
+    except Exception as exc:  # any parse failure of a damaged file
+        raise RecipeError(f"Cannot resume: {str(config)!r} is not a readable recipe ({exc}).") from None
+    cfg = apply_overrides(cfg, overrides, source=str(config))
+    check_structure(cfg, source=str(config))
+    return cfg
+
+
+def run(args: argparse.Namespace, console: Console, errors: Console) -> int:
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        if args.recipe is not None:
+            if "=" not in args.recipe:
+                raise RecipeError(
+                    "Pass either a recipe or --resume RUN_DIR, not both: a resumed run uses the "
+                    "config.yaml stored in its directory (overrides key=value still apply)."
+                )
+            overrides.insert(0, args.recipe)
+        cfg = _resume_config(args.resume, overrides)
+        run_dir = args.resume
+        source = str(args.resume / "config.yaml")
+    else:
+        if args.recipe is None:
+            raise RecipeError("`jemkit run` needs a recipe file, e.g. `jemkit run recipes/jem_digits.yaml`.")
+        cfg = load_recipe(args.recipe, overrides)
+        run_dir = args.out or default_run_dir(str(cfg.name))
+        source = str(args.recipe)
+    if args.print_config:
+        sys.stdout.write(to_yaml(cfg))
+        return 0
+
+    from jemkit.train import Trainer  # heavy imports (torch) only when training
+
+    plugins = load_plugins()
+    _report_plugin_failures(plugins, errors)
+    if args.resume is None:
+        _check_fresh_run_dir(run_dir)
+    trainer = Trainer(plugins, cfg, run_dir, console=console, source=source)
+    if args.resume is not None:
+        checkpoint = trainer.resume_from_latest()
+        console.print(f"resuming [bold]{cfg.name}[/bold] from {checkpoint} (step {trainer.step})")
+    trainer.prepare_run_dir()
+    console.print(f"run [bold]{cfg.name}[/bold] on {trainer.device} -> {run_dir}")
+    with _progress(console, trainer) as progress:
+        summary = trainer.fit(progress)
+    console.print(summary_table(summary, run_dir))
+    return 0
+
+
+def _progress(console: Console, trainer: Any) -> Progress:
+    return Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=not (trainer.params.progress and console.is_terminal),
+    )
+
+
+def summary_table(summary: dict[str, Any], run_dir: Path) -> Table:
+    table = Table(title=f"summary ({run_dir})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    return table
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

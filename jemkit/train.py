@@ -1,0 +1,385 @@
+"""The training loop: one JEM (or plain classifier) iteration after another.
+
+The :class:`Trainer` owns the run directory::
+
+    config.yaml            the resolved recipe
+    metrics.jsonl          one JSON object per logged step (``step``, ``epoch``, ``train/...``, ``test/acc``)
+    summary.json           final metrics (``test/acc``, ``steps``, ``wall_seconds``, ...)
+    checkpoints/           ``step_XXXXXXXX.safetensors`` (whole training state) and ``best.safetensors``
+    samples/               sample grids (PNG)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from jemkit import __version__
+from jemkit.build import Experiment, build_experiment
+from jemkit.checkpoint import (
+    checkpoint_name,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from jemkit.config import to_yaml
+from jemkit.contracts import Batch
+from jemkit.errors import CheckpointError, DivergenceError, JemkitError
+from jemkit.plugin_manager import PluginSet
+from jemkit.runlog import MetricsWriter, truncate_metrics, write_json_atomic
+from jemkit.samples import save_sample_grid
+
+
+class Interrupted(JemkitError):
+    """The run was stopped by SIGINT/SIGTERM after writing a checkpoint."""
+
+
+def evaluate_accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> dict[str, float]:
+    """Accuracy and mean cross-entropy (nats) of ``model`` on ``dataset`` in eval mode."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    was_training = model.training
+    model.eval()
+    correct, total, loss_sum = 0, 0, 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            total += y.numel()
+    model.train(was_training)
+    return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
+
+
+class Trainer:
+    """Runs one experiment in a run directory; also the ``run`` object lifecycle hooks receive."""
+
+    def __init__(
+        self, plugins: PluginSet, cfg: DictConfig, run_dir: Path, console: Any = None, source: str = "recipe"
+    ) -> None:
+        self.plugins = plugins
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.console = console
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.sample_dir = self.run_dir / "samples"
+        self.experiment: Experiment = build_experiment(plugins, cfg, self.run_dir, source)
+        self.step = 0
+        self.epoch = 0
+        #: Batches of the current epoch already consumed (non-zero only after a mid-epoch resume).
+        self.batch_in_epoch = 0
+        self.previous_wall = 0.0
+        self.best_metric: float | None = None
+        self.last_eval: dict[str, float] = {}
+        self._stop_signal: int | None = None
+        self._train_sums: dict[str, Tensor] = {}
+        self._train_count = 0
+
+    # ------------------------------------------------------------------ shortcuts
+    @property
+    def model(self):
+        return self.experiment.model
+
+    @property
+    def sampler(self):
+        return self.experiment.sampler
+
+    @property
+    def params(self):
+        return self.experiment.train
+
+    @property
+    def device(self) -> torch.device:
+        return self.experiment.context.device
+
+    # ------------------------------------------------------------------ run directory
+    def prepare_run_dir(self) -> None:
+        """Create the run directory and write the resolved recipe."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_dir.mkdir(exist_ok=True)
+        self.sample_dir.mkdir(exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg), encoding="utf-8")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        """The whole training state, as stored in a checkpoint."""
+        e = self.experiment
+        return {
+            "model": e.model.state_dict(),
+            "optimizer": e.optimizer.state_dict(),
+            "schedule": e.schedule.state_dict(),
+            "sampler": e.sampler.state_dict(),
+            "rng": rng_state(),
+            "progress": {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "wall_seconds": self.previous_wall + self._elapsed(),
+                "best_metric": self.best_metric,
+            },
+        }
+
+    def metadata(self) -> dict[str, str]:
+        return {
+            "jemkit.recipe": to_yaml(self.cfg),
+            "jemkit.versions": json.dumps(
+                {"jemkit": __version__, "torch": torch.__version__, "python": platform.python_version()}
+            ),
+            "jemkit.plugins": json.dumps(self.plugins.origins),
+        }
+
+    def save(self, path: Path | None = None) -> Path:
+        """Write a checkpoint of the current step (atomically) and prune old ones."""
+        path = path or self.checkpoint_dir / checkpoint_name(self.step)
+        save_checkpoint(path, self.state(), self.metadata())
+        best = self.checkpoint_dir / "best.safetensors"
+        prune_checkpoints(self.checkpoint_dir, self.params.keep_checkpoints, protect={best})
+        return path
+
+    def restore(self, path: Path) -> None:
+        """Load a checkpoint written by :meth:`save` into this trainer."""
+        checkpoint = load_checkpoint(path, map_location=self.device)
+        state = checkpoint.state
+        e = self.experiment
+        try:
+            e.model.load_state_dict(state["model"])
+            e.optimizer.load_state_dict(state["optimizer"])
+            e.schedule.load_state_dict(state["schedule"])
+            e.sampler.load_state_dict(state["sampler"])
+            progress = state["progress"]
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} does not fit this recipe's model or sampler: {str(exc).splitlines()[0]}. "
+                "Resume with the recipe the checkpoint was written by (its config.yaml), or start a new run."
+            ) from None
+        set_rng_state(state["rng"])
+        self.step = int(progress["step"])
+        self.epoch = int(progress["epoch"])
+        self.batch_in_epoch = int(progress["batch_in_epoch"])
+        self.previous_wall = float(progress["wall_seconds"])
+        self.best_metric = progress.get("best_metric")
+
+    def latest_checkpoint(self) -> Path | None:
+        found = list_checkpoints(self.checkpoint_dir)
+        return found[-1] if found else None
+
+    # ------------------------------------------------------------------ data
+    def _loader(self, epoch: int) -> DataLoader:
+        """Training batches of ``epoch``: the order depends only on (seed, epoch), so resume is exact."""
+        generator = torch.Generator()
+        generator.manual_seed(self.experiment.context.seed * 100003 + epoch)
+        return DataLoader(
+            self.experiment.data.train,
+            batch_size=self.params.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=generator,
+            num_workers=self.params.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _batches(self, epoch: int) -> Iterator[Batch]:
+        for index, (x, y) in enumerate(self._loader(epoch)):
+            if index < self.batch_in_epoch:
+                continue
+            non_blocking = self.device.type == "cuda"
+            yield Batch(x=x.to(self.device, non_blocking=non_blocking), y=y.to(self.device, non_blocking=non_blocking))
+
+    # ------------------------------------------------------------------ one iteration
+    def train_step(self, batch: Batch) -> dict[str, Tensor]:
+        """One optimiser step; returns the step's metrics as 0-dim tensors (``loss``, ``acc``, ...)."""
+        e = self.experiment
+        e.model.train()
+        output = e.loss(e.model, batch, e.sampler)
+        loss = output.loss
+        self._check_loss(loss)
+        e.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        e.optimizer.step()
+        e.schedule.step()
+        metrics = dict(output.metrics)
+        for key, value in e.sampler.last_diagnostics.items() if e.loss.needs_sampler else ():
+            metrics[f"sampler/{key}"] = torch.tensor(value)
+        return metrics
+
+    def _check_loss(self, loss: Tensor) -> None:
+        value = float(loss.detach())
+        if not math.isfinite(value) or abs(value) > self.params.max_abs_loss:
+            latest = self.latest_checkpoint()
+            where = f"The last good checkpoint is {str(latest)!r}; " if latest else "No checkpoint was written yet; "
+            raise DivergenceError(
+                f"Training diverged at step {self.step + 1}: loss {value:g} (limit abs(loss) <= "
+                f"{self.params.max_abs_loss:g}). {where}resume from it with another seed "
+                "(`jemkit run --resume RUN_DIR seed=N`), or stabilise the recipe: lower optimizer.lr, "
+                "more sampler.steps, or loss.energy_l2=0.1."
+            )
+
+    # ------------------------------------------------------------------ logging
+    def _accumulate(self, metrics: dict[str, Tensor]) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float()
+            self._train_sums[key] = self._train_sums[key] + value if key in self._train_sums else value
+        self._train_count += 1
+
+    def _flush_train_metrics(self) -> dict[str, float]:
+        if not self._train_count:
+            return {}
+        averaged = {f"train/{k}" if "/" not in k else k: float(v) / self._train_count for k, v in self._train_sums.items()}
+        self._train_sums, self._train_count = {}, 0
+        if "train/energy_data" in averaged and "train/energy_samples" in averaged:
+            averaged["train/energy_gap"] = averaged["train/energy_samples"] - averaged["train/energy_data"]
+        return averaged
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy on the evaluation split (test, or validation when ``train.eval_on_val``)."""
+        data = self.experiment.data
+        split, dataset = ("val", data.val) if self.params.eval_on_val and data.val is not None else ("test", data.test)
+        result = evaluate_accuracy(self.model, dataset, self.device)
+        self.last_eval = {f"{split}/acc": result["acc"], f"{split}/loss": result["loss"]}
+        return self.last_eval
+
+    def write_samples(self, name: str, extra_steps: int = 0) -> Path | None:
+        """Class-conditional sample grid (one row per class) from the training sampler; PNG path."""
+        context = self.experiment.context
+        if context.input_shape is None or len(context.input_shape) != 3 or not context.num_classes:
+            return None
+        per_class = self.params.samples_per_class
+        y = torch.arange(context.num_classes, device=self.device).repeat_interleave(per_class)
+        x = self.sampler.sample(self.model, y.numel(), y=y, steps=self.sampler.steps + extra_steps, persist=False)
+        self.sampler.last_diagnostics = {}
+        return save_sample_grid(x, self.sample_dir / f"{name}.png", nrow=per_class)
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop_signal = signum
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, progress: Any = None) -> dict[str, Any]:
+        """Train to the end (or ``max_steps``), checkpointing, logging and sampling on the way."""
+        p = self.params
+        e = self.experiment
+        hooks = self.plugins.hook
+        writer = MetricsWriter(self.run_dir / "metrics.jsonl")
+        steps_per_epoch = e.context.steps_per_epoch or 1
+        total_steps = e.context.total_steps or steps_per_epoch * p.epochs
+        self._t0 = time.perf_counter()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        wants_step_hook = bool(hooks.jemkit_step_end.get_hookimpls())
+        hooks.jemkit_run_start(run=self)
+        task = progress.add_task("train", total=total_steps, completed=self.step, status="") if progress else None
+        try:
+            while self.epoch < p.epochs and self.step < total_steps:
+                for batch in self._batches(self.epoch):
+                    metrics = self.train_step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self._accumulate(metrics)
+                    if wants_step_hook:
+                        plain = {f"train/{k}" if "/" not in k else k: float(v) for k, v in metrics.items()}
+                        hooks.jemkit_step_end(run=self, step=self.step, metrics=plain)
+                    last_of_run = self.step >= total_steps
+                    if self.step % p.log_every == 0 or last_of_run:
+                        record = self._flush_train_metrics()
+                        record["lr"] = e.optimizer.param_groups[0]["lr"]
+                        writer.write({"step": self.step, "epoch": self.epoch, **record})
+                        if progress is not None:
+                            progress.update(task, completed=self.step, status=_status_text(record, self.last_eval))
+                    elif progress is not None:
+                        progress.update(task, completed=self.step)
+                    if p.checkpoint_every_steps and self.step % p.checkpoint_every_steps == 0:
+                        self.save()
+                    if self._stop_signal is not None:
+                        path = self.save()
+                        raise Interrupted(
+                            f"Stopped by signal {signal.Signals(self._stop_signal).name} at step {self.step}; "
+                            f"checkpoint written to {str(path)!r}. Continue with "
+                            f"`jemkit run --resume {self.run_dir}`."
+                        )
+                    if last_of_run:
+                        break
+                epoch_done = self.batch_in_epoch >= steps_per_epoch
+                if epoch_done:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                finished = self.step >= total_steps or self.epoch >= p.epochs
+                if finished or (epoch_done and self.epoch % p.eval_every_epochs == 0):
+                    evaluated = self.evaluate()
+                    writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
+                    if progress is not None:
+                        progress.update(task, status=_status_text({}, self.last_eval))
+                    if progress is None and self.console is not None:
+                        self.console.print(f"epoch {self.epoch}  step {self.step}  " + _status_text({}, evaluated))
+                if p.sample_every_epochs and epoch_done and self.epoch % p.sample_every_epochs == 0 and not finished:
+                    self.write_samples(f"epoch_{self.epoch:04d}")
+                if finished or (epoch_done and self.epoch % p.checkpoint_every_epochs == 0):
+                    self.save()
+                if finished:
+                    break
+            if self.step == 0 or not self.last_eval:
+                evaluated = self.evaluate()
+                writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
+            self.write_samples("final", extra_steps=p.sample_extra_steps)
+            summary = self._summary("completed")
+            write_json_atomic(self.run_dir / "summary.json", summary)
+            hooks.jemkit_run_end(run=self, summary=summary)
+            return summary
+        finally:
+            writer.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _summary(self, status: str) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "recipe": str(self.cfg.get("name")),
+            "status": status,
+            **self.last_eval,
+            "steps": self.step,
+            "epochs": self.epoch,
+            "wall_seconds": round(self.previous_wall + self._elapsed(), 3),
+            "device": str(self.device),
+        }
+        return summary
+
+    def resume_from_latest(self) -> Path:
+        """Restore the newest checkpoint of the run directory; error if there is none."""
+        latest = self.latest_checkpoint()
+        if latest is None:
+            raise CheckpointError(
+                f"Run directory {str(self.run_dir)!r} has no checkpoint to resume from "
+                f"(looked in {str(self.checkpoint_dir)!r}). Start the run afresh with `jemkit run RECIPE`."
+            )
+        self.restore(latest)
+        truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        return latest
+
+
+def _status_text(record: dict[str, float], last_eval: dict[str, float]) -> str:
+    parts = []
+    if "train/loss" in record:
+        parts.append(f"loss {record['train/loss']:.3f}")
+    if "train/acc" in record:
+        parts.append(f"acc {record['train/acc']:.3f}")
+    if "train/energy_gap" in record:
+        parts.append(f"E gap {record['train/energy_gap']:+.3f}")
+    for key, value in last_eval.items():
+        if key.endswith("/acc"):
+            parts.append(f"{key} {value:.4f}")
+    return "  ".join(parts)

@@ -1,0 +1,210 @@
+"""Built-in sampling components: SGLD transitions, uniform-noise and replay-buffer initialisers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from jemkit import hookimpl
+from jemkit.contracts import BuildContext, ChainInit, ChainStart, EnergyFn, StepResult, Transition, energy_and_grad
+
+
+def _mean_norm(grad: Tensor) -> Tensor:
+    return grad.flatten(1).norm(dim=1).mean()
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+@dataclass
+class SGLDParams:
+    """JEM's SGLD: ``x <- x - step_size * dE/dx + noise * N(0, I)``, step and noise set independently."""
+
+    step_size: float = 1.0
+    noise: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.step_size < 0 or self.noise < 0:
+            raise ValueError(f"step_size and noise must be non-negative, got {self.step_size}, {self.noise}")
+
+
+class SGLD(Transition):
+    """JEM-style SGLD with decoupled step size (on the gradient) and noise std (input units)."""
+
+    def __init__(self, step_size: float, noise: float) -> None:
+        self.step_size = step_size
+        self.noise = noise
+
+    def step(self, x: Tensor, energy_fn: EnergyFn) -> StepResult:
+        energy, grad = energy_and_grad(energy_fn, x)
+        x_new = x - self.step_size * grad
+        if self.noise > 0:
+            x_new = x_new + self.noise * torch.randn_like(x)
+        return StepResult(x=x_new, energy=energy, grad_norm=_mean_norm(grad))
+
+
+@dataclass
+class LangevinParams:
+    """Textbook unadjusted Langevin: ``x <- x - step_size * dE/dx + sqrt(2 * step_size) * N(0, I)``."""
+
+    step_size: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.step_size <= 0:
+            raise ValueError(f"step_size must be positive, got {self.step_size}")
+
+
+def build_sgld(params: SGLDParams, context: BuildContext) -> SGLD:
+    """JEM SGLD: gradient step and Gaussian noise with independently set sizes."""
+    return SGLD(params.step_size, params.noise)
+
+
+def build_langevin(params: LangevinParams, context: BuildContext) -> SGLD:
+    """Unadjusted Langevin algorithm: noise std sqrt(2 * step_size), unbiased as step -> 0."""
+    return SGLD(params.step_size, math.sqrt(2.0 * params.step_size))
+
+
+# --------------------------------------------------------------------------- initialisers
+
+
+@dataclass
+class UniformParams:
+    """Fresh chains from ``U(low, high)`` every call (short-run sampling)."""
+
+    low: float = -1.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low={self.low}, high={self.high}")
+
+
+def _require_shape(context: BuildContext) -> tuple[int, ...]:
+    if context.input_shape is None:
+        raise ValueError("the chain initialiser needs the input shape, which the data set provides")
+    return tuple(context.input_shape)
+
+
+class UniformNoise(ChainInit):
+    """Every chain starts from uniform noise: short-run sampling."""
+
+    def __init__(self, shape: tuple[int, ...], low: float = -1.0, high: float = 1.0) -> None:
+        self.shape = shape
+        self.low = low
+        self.high = high
+
+    def noise(self, n: int, device: torch.device | str = "cpu") -> Tensor:
+        """``n`` fresh draws of ``U(low, high)`` of the input shape."""
+        return torch.rand(n, *self.shape, device=device) * (self.high - self.low) + self.low
+
+    def start(self, n: int, y: Tensor | None, device: torch.device) -> ChainStart:
+        return ChainStart(x=self.noise(n, device), reinit_fraction=1.0)
+
+
+def build_uniform(params: UniformParams, context: BuildContext) -> UniformNoise:
+    """Short-run initialiser: every chain starts from U(low, high) noise."""
+    return UniformNoise(_require_shape(context), params.low, params.high)
+
+
+@dataclass
+class ReplayBufferParams:
+    """Persistent replay buffer of past chain states (JEM: 10,000 samples, reinit 0.05)."""
+
+    size: int = 10000
+    #: Probability that a chain restarts from uniform noise instead of a stored state.
+    reinit_freq: float = 0.05
+    #: Split the buffer into ``num_classes`` equal blocks, one per class.
+    class_conditional: bool = False
+    low: float = -1.0
+    high: float = 1.0
+    #: Keep the buffer on the training device (faster on GPU; larger checkpoints are unaffected).
+    on_device: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"size must be at least 1, got {self.size}")
+        if not 0.0 <= self.reinit_freq <= 1.0:
+            raise ValueError(f"reinit_freq is a probability in [0, 1], got {self.reinit_freq}")
+
+
+class ReplayBuffer(ChainInit):
+    """Persistent chains: starts drawn uniformly with replacement, final states written back."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        size: int,
+        reinit_freq: float,
+        num_classes: int | None = None,
+        low: float = -1.0,
+        high: float = 1.0,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if num_classes is not None and size < num_classes:
+            raise ValueError(f"a class-conditional buffer needs size >= num_classes ({num_classes}), got {size}")
+        self.noise = UniformNoise(shape, low, high)
+        self.reinit_freq = reinit_freq
+        self.num_classes = num_classes
+        self.block = size // num_classes if num_classes else size
+        self.size = self.block * num_classes if num_classes else size
+        self.buffer = self.noise.noise(self.size, device)
+
+    def _slots(self, n: int, y: Tensor | None) -> Tensor:
+        device = self.buffer.device
+        slots = torch.randint(0, self.block, (n,), device=device)
+        if self.num_classes:
+            if y is None:
+                y = torch.randint(0, self.num_classes, (n,), device=device)
+            slots = slots + y.to(device).long() * self.block
+        return slots
+
+    def start(self, n: int, y: Tensor | None, device: torch.device) -> ChainStart:
+        slots = self._slots(n, y)
+        stored = self.buffer[slots]
+        reinit = torch.rand(n, device=self.buffer.device) < self.reinit_freq
+        fresh = self.noise.noise(n, self.buffer.device)
+        mask = reinit.view(n, *([1] * (stored.dim() - 1)))
+        x = torch.where(mask, fresh, stored).to(device)
+        return ChainStart(x=x, slots=slots, reinit_fraction=float(reinit.float().mean()) if n else 0.0)
+
+    def finish(self, start: ChainStart, x_final: Tensor) -> None:
+        self.buffer[start.slots] = x_final.detach().to(self.buffer.device, self.buffer.dtype)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"buffer": self.buffer}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        buffer = state.get("buffer")
+        if buffer is None or tuple(buffer.shape) != tuple(self.buffer.shape):
+            got = None if buffer is None else tuple(buffer.shape)
+            raise ValueError(f"replay buffer shape mismatch: the recipe expects {tuple(self.buffer.shape)}, got {got}")
+        self.buffer = buffer.to(self.buffer.device, self.buffer.dtype).clone()
+
+
+def build_replay_buffer(params: ReplayBufferParams, context: BuildContext) -> ReplayBuffer:
+    """Persistent chains from a replay buffer with a reinit probability (JEM's PCD sampler)."""
+    num_classes = None
+    if params.class_conditional:
+        if not context.num_classes:
+            raise ValueError("class_conditional needs the number of classes, which the data set provides")
+        num_classes = context.num_classes
+    device = context.device if params.on_device else torch.device("cpu")
+    return ReplayBuffer(
+        _require_shape(context), params.size, params.reinit_freq, num_classes, params.low, params.high, device
+    )
+
+
+@hookimpl
+def jemkit_register_transitions(registry) -> None:
+    registry.register("sgld", build_sgld, params=SGLDParams)
+    registry.register("langevin", build_langevin, params=LangevinParams)
+
+
+@hookimpl
+def jemkit_register_chain_inits(registry) -> None:
+    registry.register("uniform", build_uniform, params=UniformParams)
+    registry.register("replay_buffer", build_replay_buffer, params=ReplayBufferParams)

@@ -1,0 +1,75 @@
+"""Shared fixtures: plugin sets, tiny recipes, and a CLI runner that captures output."""
+
+from __future__ import annotations
+
+import io
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = ROOT / "recipes"
+
+
+@pytest.fixture(autouse=True)
+def _small_threads():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    from jemkit.plugin_manager import load_plugins
+
+    loaded = load_plugins()
+    assert not loaded.failures, [f.message() for f in loaded.failures]
+    return loaded
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str) -> CliResult:
+    """Run ``jemkit ARGS`` in-process and capture exit code, stdout and stderr."""
+    from jemkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+TINY_DIGITS = [
+    "model.backbone.channels=[8,16]",
+    "model.backbone.feature_dim=16",
+    "sampler.steps=2",
+    "sampler.init.size=200",
+    "train.epochs=1",
+    "train.max_steps=3",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "train.samples_per_class=2",
+    "train.sample_extra_steps=0",
+]
+
+
+@pytest.fixture
+def tiny_digits_overrides():
+    return list(TINY_DIGITS)
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,131 @@
+"""Recipe validation: every bad recipe is a clear one-paragraph error, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from jemkit.build import build_experiment
+from jemkit.config import load_recipe
+from jemkit.errors import RecipeError, RegistryError
+
+from conftest import RECIPES
+
+
+def _write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _assert_clean_error(result, *needles: str) -> None:
+    assert result.code == 2, (result.code, result.out, result.err)
+    assert "Traceback" not in result.err + result.out
+    assert "error:" in result.err
+    for needle in needles:
+        assert needle in result.err.replace("\n", " "), (needle, result.err)
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(recipe, plugins):
+    """Every shipped recipe parses, and its component sections validate against their dataclasses."""
+    from jemkit.build import build_train_params
+    from jemkit.config import component_params, section
+
+    cfg = load_recipe(recipe)
+    build_train_params(cfg)
+    for kind, dotted in [
+        ("data", "data"),
+        ("backbone", "model.backbone"),
+        ("head", "model.head"),
+        ("loss", "loss"),
+        ("optimizer", "optimizer"),
+    ]:
+        name, params = component_params(plugins.registries[kind], section(cfg, dotted), dotted)
+        assert name in plugins.registries[kind]
+
+
+def test_missing_recipe_file(cli, tmp_path):
+    result = cli("run", tmp_path / "nope.yaml")
+    _assert_clean_error(result, "does not exist", "nope.yaml")
+
+
+def test_invalid_yaml(cli, tmp_path):
+    path = _write(tmp_path, "data: {name: digits\nmodel: [\n")
+    _assert_clean_error(cli("run", path), "not valid YAML")
+
+
+def test_unknown_component_name(cli, tmp_path):
+    text = (RECIPES / "jem_digits.yaml").read_text().replace("name: sgld", "name: sgdl")
+    result = cli("run", _write(tmp_path, text), "--out", tmp_path / "run")
+    _assert_clean_error(result, "Unknown transition 'sgdl'", "Did you mean 'sgld'", "jemkit list-plugins")
+    assert not (tmp_path / "run").exists(), "nothing is written for a bad recipe"
+
+
+def test_unknown_key(cli, tmp_path):
+    result = cli("run", RECIPES / "jem_digits.yaml", "sampler.transition.step_sise=0.5", "--out", tmp_path / "run")
+    _assert_clean_error(result, "sampler.transition.step_sise", "Did you mean 'step_size'")
+
+
+def test_wrong_type(cli, tmp_path):
+    result = cli("run", RECIPES / "jem_digits.yaml", "sampler.init.size=lots", "--out", tmp_path / "run")
+    _assert_clean_error(result, "sampler.init.size")
+
+
+def test_value_rejected_by_component(cli, tmp_path):
+    result = cli("run", RECIPES / "jem_digits.yaml", "sampler.init.reinit_freq=1.5", "--out", tmp_path / "run")
+    _assert_clean_error(result, "sampler.init", "reinit_freq")
+
+
+def test_unknown_top_level_key(cli, tmp_path):
+    text = (RECIPES / "jem_digits.yaml").read_text() + "\nepochs: 3\n"
+    _assert_clean_error(cli("run", _write(tmp_path, text)), "unknown top-level key", "'epochs'")
+
+
+def test_missing_section(cli, tmp_path):
+    _assert_clean_error(cli("run", _write(tmp_path, "data: {name: digits}\n")), "missing required section", "model")
+
+
+def test_section_without_name(cli, tmp_path):
+    text = (RECIPES / "jem_digits.yaml").read_text().replace("head: {name: linear}", "head: {bias: true}")
+    _assert_clean_error(cli("run", _write(tmp_path, text)), "model.head", "needs a `name:`")
+
+
+def test_bad_override_syntax(cli):
+    result = cli("run", RECIPES / "jem_digits.yaml", "train.epochs")
+    assert result.code == 2
+    assert "Traceback" not in result.err
+
+
+def test_bad_train_key(cli, tmp_path):
+    result = cli("run", RECIPES / "jem_digits.yaml", "train.epoch=3", "--out", tmp_path / "run")
+    _assert_clean_error(result, "train.epoch", "Did you mean 'epochs'")
+
+
+def test_print_config_applies_overrides(cli):
+    result = cli("run", RECIPES / "jem_digits.yaml", "train.epochs=7", "--print-config")
+    assert result.code == 0
+    cfg = OmegaConf.create(result.out)
+    assert cfg.train.epochs == 7 and cfg.name == "jem_digits"
+
+
+def test_out_dir_with_files_is_not_overwritten(cli, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")
+    result = cli("run", RECIPES / "jem_digits.yaml", "--out", out)
+    _assert_clean_error(result, "already holds files", "--resume")
+    assert (out / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_unknown_name_in_build_raises_registry_error(plugins):
+    cfg = load_recipe(RECIPES / "jem_digits.yaml", ["optimizer.name=adamw"])
+    with pytest.raises(RegistryError, match="Unknown optimizer 'adamw'"):
+        build_experiment(plugins, cfg)
+
+
+def test_override_parse_error_is_recipe_error():
+    with pytest.raises(RecipeError):
+        load_recipe(RECIPES / "jem_digits.yaml", ["=3"])
