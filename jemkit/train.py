@@ -11,6 +11,7 @@ The :class:`Trainer` owns the run directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -43,6 +44,20 @@ from jemkit.errors import CheckpointError, DivergenceError, JemkitError
 from jemkit.plugin_manager import PluginSet
 from jemkit.runlog import MetricsWriter, truncate_metrics, write_json_atomic
 from jemkit.samples import save_sample_grid
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (evaluation, sample grids) without perturbing the training RNG streams.
+
+    Runs that evaluate at different intervals then train identically, and a resumed run matches
+    an uninterrupted one.
+    """
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 class Interrupted(JemkitError):
@@ -180,24 +195,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _loader(self, epoch: int) -> DataLoader:
-        """Training batches of ``epoch``: the order depends only on (seed, epoch), so resume is exact."""
+        """Training batches of ``epoch`` from batch ``batch_in_epoch`` on.
+
+        The order depends only on (seed, epoch) and never touches the global RNGs, so a run resumed
+        mid-epoch sees exactly the batches the uninterrupted run would have seen.
+        """
+        p = self.params
         generator = torch.Generator()
         generator.manual_seed(self.experiment.context.seed * 100003 + epoch)
+        steps = self.experiment.context.steps_per_epoch or 1
+        order = torch.randperm(len(self.experiment.data.train), generator=generator)
+        batches = order[: steps * p.batch_size].view(steps, p.batch_size)[self.batch_in_epoch :].tolist()
         return DataLoader(
             self.experiment.data.train,
-            batch_size=self.params.batch_size,
-            shuffle=True,
-            drop_last=True,
+            batch_sampler=batches,
             generator=generator,
-            num_workers=self.params.num_workers,
+            num_workers=p.num_workers,
             pin_memory=self.device.type == "cuda",
         )
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
-        for index, (x, y) in enumerate(self._loader(epoch)):
-            if index < self.batch_in_epoch:
-                continue
-            non_blocking = self.device.type == "cuda"
+        non_blocking = self.device.type == "cuda"
+        for x, y in self._loader(epoch):
             yield Batch(x=x.to(self.device, non_blocking=non_blocking), y=y.to(self.device, non_blocking=non_blocking))
 
     # ------------------------------------------------------------------ one iteration
@@ -252,7 +271,8 @@ class Trainer:
         """Accuracy on the evaluation split (test, or validation when ``train.eval_on_val``)."""
         data = self.experiment.data
         split, dataset = ("val", data.val) if self.params.eval_on_val and data.val is not None else ("test", data.test)
-        result = evaluate_accuracy(self.model, dataset, self.device)
+        with preserved_rng():
+            result = evaluate_accuracy(self.model, dataset, self.device)
         self.last_eval = {f"{split}/acc": result["acc"], f"{split}/loss": result["loss"]}
         return self.last_eval
 
@@ -263,7 +283,8 @@ class Trainer:
             return None
         per_class = self.params.samples_per_class
         y = torch.arange(context.num_classes, device=self.device).repeat_interleave(per_class)
-        x = self.sampler.sample(self.model, y.numel(), y=y, steps=self.sampler.steps + extra_steps, persist=False)
+        with preserved_rng():
+            x = self.sampler.sample(self.model, y.numel(), y=y, steps=self.sampler.steps + extra_steps, persist=False)
         self.sampler.last_diagnostics = {}
         return save_sample_grid(x, self.sample_dir / f"{name}.png", nrow=per_class)
 
@@ -323,6 +344,7 @@ class Trainer:
                 if finished or (epoch_done and self.epoch % p.eval_every_epochs == 0):
                     evaluated = self.evaluate()
                     writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
+                    self._keep_best(evaluated)
                     if progress is not None:
                         progress.update(task, status=_status_text({}, self.last_eval))
                     if progress is None and self.console is not None:
@@ -345,6 +367,14 @@ class Trainer:
             writer.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _keep_best(self, evaluated: dict[str, float]) -> None:
+        """Write ``checkpoints/best.safetensors`` when the evaluation accuracy improves."""
+        accuracy = next((v for k, v in evaluated.items() if k.endswith("/acc")), None)
+        if accuracy is None or (self.best_metric is not None and accuracy <= self.best_metric):
+            return
+        self.best_metric = accuracy
+        save_checkpoint(self.checkpoint_dir / "best.safetensors", self.state(), self.metadata())
 
     def _summary(self, status: str) -> dict[str, Any]:
         summary: dict[str, Any] = {
