@@ -97,6 +97,7 @@ def build_data(plugins: PluginSet, cfg: DictConfig, context: BuildContext, sourc
     context.input_shape = tuple(data.input_shape)
     context.num_classes = data.num_classes
     context.train_data = data.train_plain or data.train
+    context.test_data = data.test
     return data
 
 

@@ -7,6 +7,7 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -26,6 +27,10 @@ from jemkit.plugin_manager import PluginSet, load_plugins
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
+#: Modules that add further subcommands: each has ``add_parser(subparsers)``, which registers
+#: its parser with ``set_defaults(handler=...)``; a handler is ``(args, console, errors) -> int``.
+COMMAND_MODULES: tuple[str, ...] = ()
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -41,9 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default runs/<recipe-name>-<timestamp>)")
     run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    run.set_defaults(handler=run_command)
 
     listing = commands.add_parser("list-plugins", help="list plugins and their components")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=list_plugins)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(commands)
     return parser
 
 
@@ -60,9 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     errors = Console(stderr=True)
     try:
-        if args.command == "list-plugins":
-            return list_plugins(args, console, errors)
-        return run(args, console, errors)
+        return args.handler(args, console, errors)
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/yellow]")
         return EXIT_INTERRUPTED
@@ -76,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
 
-def _report_plugin_failures(plugins: PluginSet, errors: Console) -> None:
+def report_plugin_failures(plugins: PluginSet, errors: Console) -> None:
+    """Print one warning paragraph per plugin that failed to load or register."""
     for failure in plugins.failures:
         errors.print(f"[yellow]warning:[/yellow] {failure.message()}", highlight=False, soft_wrap=True)
 
@@ -99,8 +108,9 @@ def plugin_rows(plugins: PluginSet) -> list[dict[str, str]]:
 
 
 def list_plugins(args: argparse.Namespace, console: Console, errors: Console) -> int:
+    """``jemkit list-plugins``: a table (or JSON) of every component and its origin."""
     plugins = load_plugins()
-    _report_plugin_failures(plugins, errors)
+    report_plugin_failures(plugins, errors)
     rows = plugin_rows(plugins)
     if args.json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -158,7 +168,8 @@ def _resume_config(run_dir: Path, overrides: list[str]):
     return cfg
 
 
-def run(args: argparse.Namespace, console: Console, errors: Console) -> int:
+def run_command(args: argparse.Namespace, console: Console, errors: Console) -> int:
+    """``jemkit run``: train a recipe, or resume a run directory."""
     overrides = list(args.overrides)
     if args.resume is not None:
         if args.recipe is not None:
@@ -184,7 +195,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console) -> int:
     from jemkit.train import Trainer  # heavy imports (torch) only when training
 
     plugins = load_plugins()
-    _report_plugin_failures(plugins, errors)
+    report_plugin_failures(plugins, errors)
     if args.resume is None:
         _check_fresh_run_dir(run_dir)
     trainer = Trainer(plugins, cfg, run_dir, console=console, source=source)
@@ -194,7 +205,7 @@ def run(args: argparse.Namespace, console: Console, errors: Console) -> int:
     trainer.prepare_run_dir()
     console.print(f"run [bold]{cfg.name}[/bold] on {trainer.device} -> {run_dir}")
     with _progress(console, trainer) as progress:
-        summary = trainer.fit(progress)
+        summary = trainer.fit(None if progress.disable else progress)
     console.print(summary_table(summary, run_dir))
     return 0
 

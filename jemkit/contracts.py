@@ -12,8 +12,13 @@ Factories registered for each kind are called by :mod:`jemkit.build` as::
     transition  factory(params, context) -> Transition
     loss        factory(params, context) -> Loss
     data        factory(params, context) -> DataSplits
-    optimizer   factory(params, context, parameters) -> torch.optim.Optimizer
+    optimizer   factory(params, context, parameters) -> torch.optim.Optimizer; one with
+                ``requires_closure = True`` (SAM) gets ``step(closure)`` after the gradients at the
+                current weights are computed; ``closure()`` recomputes loss and gradients at its
+                current weights with the same batch and the same negatives
     schedule    factory(params, context, optimizer) -> LRScheduler, stepped once per iteration
+    ood         factory(params, context) -> Dataset of (x, y) out-of-distribution inputs
+    feature_extractor  factory(params, context) -> nn.Module (inputs to features, for FID)
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class BuildContext:
     run_dir: Path | None = None
     #: Training data, for components that fit statistics on it (informative initialisation).
     train_data: Dataset | None = None
+    #: Test data (evaluation components such as OOD sets built from test pairs).
+    test_data: Dataset | None = None
     #: Iterations per epoch and in total (set before optimisers and schedules are built).
     steps_per_epoch: int | None = None
     total_steps: int | None = None
@@ -171,10 +178,17 @@ def energy_and_grad(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class Batch:
-    """One training batch: labelled inputs, and the inputs for the ``p(x)`` term."""
+    """One training batch: labelled inputs ``x`` (augmented), labels ``y``, and optionally the
+    same images without augmentation ``x_px`` for the ``p(x)`` term (SADA-JEM)."""
 
     x: Tensor
     y: Tensor
+    x_px: Tensor | None = None
+
+    @property
+    def px_inputs(self) -> Tensor:
+        """Inputs whose energy the ``p(x)`` term lowers: ``x_px`` when present, else ``x``."""
+        return self.x if self.x_px is None else self.x_px
 
 
 @dataclass

@@ -65,6 +65,20 @@ def jemkit_register_schedules(registry: Registry) -> None:
     """Register LR schedules: ``factory(params, context, optimizer) -> LRScheduler`` (stepped per iteration)."""
 
 
+@hookspec
+def jemkit_register_ood_sets(registry: Registry) -> None:
+    """Register out-of-distribution sets: ``factory(params, context) -> Dataset`` of ``(x, y)``.
+
+    Inputs have the in-distribution model's ``context.input_shape`` and lie in ``[-1, 1]``;
+    ``context.train_data`` / ``context.test_data`` hold the in-distribution splits.
+    """
+
+
+@hookspec
+def jemkit_register_feature_extractors(registry: Registry) -> None:
+    """Register feature extractors for FID/IS: ``factory(params, context) -> FeatureExtractor``."""
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
@@ -97,4 +111,6 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "data": "jemkit_register_data",
     "optimizer": "jemkit_register_optimizers",
     "schedule": "jemkit_register_schedules",
+    "ood": "jemkit_register_ood_sets",
+    "feature_extractor": "jemkit_register_feature_extractors",
 }

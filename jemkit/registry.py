@@ -26,6 +26,8 @@ KINDS: tuple[str, ...] = (
     "data",
     "optimizer",
     "schedule",
+    "ood",
+    "feature_extractor",
 )
 
 

@@ -129,3 +129,44 @@ class Sampler:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.init.load_state_dict(dict(state))
+
+
+class RecordingSampler:
+    """Wraps a :class:`Sampler` and records what each ``sample`` call returned.
+
+    Used when an optimiser (SAM) re-evaluates the loss at perturbed weights: the second
+    evaluation must see the same negatives, not draw new ones.
+    """
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+        self.samples: list[Tensor] = []
+
+    def sample(self, model: JointEnergyModel, n: int, y: Tensor | None = None, **kwargs: Any) -> Tensor:
+        x = self.sampler.sample(model, n, y, **kwargs)
+        self.samples.append(x)
+        return x
+
+    @property
+    def last_diagnostics(self) -> dict[str, float]:
+        return self.sampler.last_diagnostics
+
+    def replay(self) -> ReplayedSamples:
+        """A sampler stand-in that returns the recorded samples again, in the same order."""
+        return ReplayedSamples(self.samples)
+
+
+class ReplayedSamples:
+    """Returns previously recorded samples in order (see :class:`RecordingSampler`)."""
+
+    def __init__(self, samples: list[Tensor]) -> None:
+        self.samples = samples
+        self.index = 0
+        self.last_diagnostics: dict[str, float] = {}
+
+    def sample(self, model: JointEnergyModel, n: int, y: Tensor | None = None, **kwargs: Any) -> Tensor:
+        if self.index >= len(self.samples):
+            raise RuntimeError("the loss drew more samples when re-evaluated than on its first evaluation")
+        x = self.samples[self.index]
+        self.index += 1
+        return x

@@ -43,6 +43,7 @@ from jemkit.contracts import Batch
 from jemkit.errors import CheckpointError, DivergenceError, JemkitError
 from jemkit.plugin_manager import PluginSet
 from jemkit.runlog import MetricsWriter, truncate_metrics, write_json_atomic
+from jemkit.sampler import RecordingSampler
 from jemkit.samples import save_sample_grid
 
 
@@ -216,20 +217,34 @@ class Trainer:
 
     def _batches(self, epoch: int) -> Iterator[Batch]:
         non_blocking = self.device.type == "cuda"
-        for x, y in self._loader(epoch):
-            yield Batch(x=x.to(self.device, non_blocking=non_blocking), y=y.to(self.device, non_blocking=non_blocking))
+        for item in self._loader(epoch):
+            # Data sets yield (x, y), or (x, y, x_px) with un-augmented inputs for the p(x) term.
+            x, y, *rest = (t.to(self.device, non_blocking=non_blocking) for t in item)
+            yield Batch(x=x, y=y, x_px=rest[0] if rest else None)
 
     # ------------------------------------------------------------------ one iteration
     def train_step(self, batch: Batch) -> dict[str, Tensor]:
         """One optimiser step; returns the step's metrics as 0-dim tensors (``loss``, ``acc``, ...)."""
         e = self.experiment
         e.model.train()
-        output = e.loss(e.model, batch, e.sampler)
+        closure_needed = getattr(e.optimizer, "requires_closure", False)
+        sampler = RecordingSampler(e.sampler) if closure_needed else e.sampler
+        output = e.loss(e.model, batch, sampler)
         loss = output.loss
         self._check_loss(loss)
         e.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        e.optimizer.step()
+        if closure_needed:
+            # SAM-style optimisers re-evaluate the loss at perturbed weights, on the same negatives.
+            def closure() -> Tensor:
+                e.optimizer.zero_grad(set_to_none=True)
+                again = e.loss(e.model, batch, sampler.replay()).loss
+                again.backward()
+                return again.detach()
+
+            e.optimizer.step(closure)
+        else:
+            e.optimizer.step()
         e.schedule.step()
         metrics = dict(output.metrics)
         for key, value in e.sampler.last_diagnostics.items() if e.loss.needs_sampler else ():

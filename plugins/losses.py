@@ -50,37 +50,31 @@ class JEMLoss(Loss):
         p = self.params
         x, y = batch.x, batch.y
         n = x.shape[0]
-        x_neg = sampler.sample(model, n) if p.px > 0 else None
-        x_neg_y = sampler.sample(model, n, y=y) if p.pxy > 0 else None
+        inputs: dict[str, Tensor] = {"data": x}
+        if batch.x_px is not None and (p.px > 0 or p.pxy > 0):
+            inputs["px"] = batch.x_px  # p(x) positives without augmentation (SADA-JEM)
+        if p.px > 0:
+            inputs["neg"] = sampler.sample(model, n)
+        if p.pxy > 0:
+            inputs["neg_y"] = sampler.sample(model, n, y=y)
+        logits = _forward(model, inputs, fused=p.fuse_forward)
 
-        if p.fuse_forward and (x_neg is not None or x_neg_y is not None):
-            parts = [x] + [t for t in (x_neg, x_neg_y) if t is not None]
-            all_logits = model(torch.cat(parts)).split([t.shape[0] for t in parts])
-            logits = all_logits[0]
-            rest = list(all_logits[1:])
-            logits_neg = rest.pop(0) if x_neg is not None else None
-            logits_neg_y = rest.pop(0) if x_neg_y is not None else None
-        else:
-            logits = model(x)
-            logits_neg = model(x_neg) if x_neg is not None else None
-            logits_neg_y = model(x_neg_y) if x_neg_y is not None else None
-
-        ce = F.cross_entropy(logits, y)
-        energy_data = model.energy_from_logits(logits)
+        ce = F.cross_entropy(logits["data"], y)
+        energy_data = model.energy_from_logits(logits.get("px", logits["data"]))
         loss = p.pyx * ce
-        metrics: dict[str, Tensor] = {"ce": ce.detach(), "acc": _accuracy(logits.detach(), y)}
+        metrics: dict[str, Tensor] = {"ce": ce.detach(), "acc": _accuracy(logits["data"].detach(), y)}
         metrics["energy_data"] = energy_data.detach().mean()
         energy_terms = [energy_data]
-        if logits_neg is not None:
-            energy_samples = model.energy_from_logits(logits_neg)
+        if "neg" in logits:
+            energy_samples = model.energy_from_logits(logits["neg"])
             px_term = energy_data.mean() - energy_samples.mean()
             loss = loss + p.px * px_term
             metrics["px"] = px_term.detach()
             metrics["energy_samples"] = energy_samples.detach().mean()
             energy_terms.append(energy_samples)
-        if logits_neg_y is not None:
-            energy_data_y = model.energy_from_logits(logits, y)
-            energy_samples_y = model.energy_from_logits(logits_neg_y, y)
+        if "neg_y" in logits:
+            energy_data_y = model.energy_from_logits(logits.get("px", logits["data"]), y)
+            energy_samples_y = model.energy_from_logits(logits["neg_y"], y)
             pxy_term = energy_data_y.mean() - energy_samples_y.mean()
             loss = loss + p.pxy * pxy_term
             metrics["pxy"] = pxy_term.detach()
@@ -92,6 +86,14 @@ class JEMLoss(Loss):
             metrics["energy_l2"] = l2.detach()
         metrics["loss"] = loss.detach()
         return LossOutput(loss=loss, metrics=metrics)
+
+
+def _forward(model: JointEnergyModel, inputs: dict[str, Tensor], fused: bool) -> dict[str, Tensor]:
+    """Logits for each named batch: one forward pass over the concatenation when ``fused``."""
+    if not fused or len(inputs) == 1:
+        return {name: model(x) for name, x in inputs.items()}
+    outputs = model(torch.cat(list(inputs.values()))).split([x.shape[0] for x in inputs.values()])
+    return dict(zip(inputs, outputs))
 
 
 def build_jem_loss(params: JEMLossParams, context: BuildContext) -> JEMLoss:
