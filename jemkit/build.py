@@ -28,6 +28,7 @@ from jemkit.contracts import (
     parameters_requiring_grad,
 )
 from jemkit.errors import JemkitError, RecipeError
+from jemkit.guard import GuardParams
 from jemkit.plugin_manager import PluginSet
 from jemkit.sampler import Sampler
 
@@ -45,6 +46,7 @@ class Experiment:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     train: TrainParams
+    guard: GuardParams
 
 
 def resolve_device(spec: str | None) -> torch.device:
@@ -155,10 +157,16 @@ def build_experiment(
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"{source}: 'seed' must be an integer, got {seed!r}.")
     train = build_train_params(cfg, source)
+    guard = build_params(GuardParams, cfg.get("guard") or {}, "guard", source, what="the divergence guard")
     device = resolve_device(cfg.get("device", "auto"))
     seed_everything(seed)
     context = BuildContext(device=device, run_dir=run_dir, seed=seed)
     data = build_data(plugins, cfg, context, source)
+    if len(data.train) < train.batch_size:
+        raise RecipeError(
+            f"{source}: train.batch_size={train.batch_size} is larger than the training split "
+            f"({len(data.train)} examples); lower train.batch_size."
+        )
     context.steps_per_epoch = steps_per_epoch(len(data.train), train.batch_size)
     context.total_steps = train.max_steps or context.steps_per_epoch * train.epochs
     model = build_model(plugins, cfg, context, source)
@@ -169,4 +177,4 @@ def build_experiment(
     )
     schedule_cfg = cfg if cfg.get("schedule") is not None else OmegaConf.create({"schedule": {"name": "constant"}})
     schedule = build_component(plugins, "schedule", schedule_cfg, "schedule", context, optimizer, source=source)
-    return Experiment(cfg, context, data, model, sampler, loss, optimizer, schedule, train)
+    return Experiment(cfg, context, data, model, sampler, loss, optimizer, schedule, train, guard)

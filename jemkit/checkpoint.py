@@ -431,7 +431,7 @@ def prune_checkpoints(
         raise ValueError(f"keep_last must be a non-negative int, got {keep_last!r}")
     protected = {Path(p).resolve() for p in protect}
     checkpoints = list_checkpoints(directory)
-    candidates = checkpoints[: len(checkpoints) - keep_last] if keep_last else checkpoints
+    candidates = checkpoints[: max(0, len(checkpoints) - keep_last)]
     deleted = []
     for path in candidates:
         if path.resolve() not in protected:

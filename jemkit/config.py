@@ -51,10 +51,12 @@ class TrainParams:
     #: Extra transition steps for the final sample grid, on top of the sampler's own steps.
     sample_extra_steps: int = 0
     num_workers: int = 0
-    #: Abort when abs(loss) exceeds this (the JEM reference code uses 1e8).
-    max_abs_loss: float = 1.0e8
     #: Evaluate on the validation split instead of the test split during training.
     eval_on_val: bool = False
+    #: Evaluation metric (without split prefix) that picks ``checkpoints/best.safetensors``.
+    best_metric: str = "acc"
+    #: ``max`` or ``min``: whether a larger or smaller ``best_metric`` is better.
+    best_mode: str = "max"
     #: Use deterministic algorithms (slower on GPU; exact resume on CPU).
     deterministic: bool = False
     #: Show the rich progress bar (off automatically when stdout is not a terminal).
@@ -66,6 +68,10 @@ class TrainParams:
                 raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be at least 1 or null, got {self.max_steps}")
+        if self.best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {self.best_mode!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
 
 
 @dataclass
@@ -99,6 +105,7 @@ TOP_LEVEL_KEYS: dict[str, bool] = {
     "optimizer": True,
     "schedule": False,
     "train": False,
+    "guard": False,
 }
 
 DEFAULT_SAMPLER: dict[str, Any] = {

@@ -31,6 +31,12 @@ class MetricsWriter:
         self._file.write(json.dumps({k: to_number(v) for k, v in record.items()}) + "\n")
         self._file.flush()
 
+    def truncate(self, last_step: int) -> None:
+        """Drop step records after ``last_step`` (events stay), e.g. after a rollback."""
+        self._file.close()
+        truncate_metrics(self.path, last_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+
     def close(self) -> None:
         self._file.close()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import signal
 import time
@@ -40,7 +41,9 @@ from jemkit.checkpoint import (
 )
 from jemkit.config import to_yaml
 from jemkit.contracts import Batch
+from jemkit.build import seed_everything
 from jemkit.errors import CheckpointError, DivergenceError, JemkitError
+from jemkit.guard import DivergenceTrip, Trip, check_step
 from jemkit.plugin_manager import PluginSet
 from jemkit.runlog import MetricsWriter, truncate_metrics, write_json_atomic
 from jemkit.sampler import RecordingSampler
@@ -101,6 +104,12 @@ class Trainer:
         self.batch_in_epoch = 0
         self.previous_wall = 0.0
         self.best_metric: float | None = None
+        #: Product of the LR scalings applied by rollbacks so far.
+        self.lr_scale = 1.0
+        #: One record per rollback (step, reason, to_step, ...), also in metrics.jsonl.
+        self.rollback_events: list[dict[str, Any]] = []
+        #: Checkpoint the latest rollback restored, until a newer one is written.
+        self._rollback_target: Path | None = None
         self.last_eval: dict[str, float] = {}
         self._stop_signal: int | None = None
         self._train_sums: dict[str, Tensor] = {}
@@ -147,6 +156,8 @@ class Trainer:
                 "batch_in_epoch": self.batch_in_epoch,
                 "wall_seconds": self.previous_wall + self._elapsed(),
                 "best_metric": self.best_metric,
+                "lr_scale": self.lr_scale,
+                "rollback_events": self.rollback_events,
             },
         }
 
@@ -163,6 +174,7 @@ class Trainer:
         """Write a checkpoint of the current step (atomically) and prune old ones."""
         path = path or self.checkpoint_dir / checkpoint_name(self.step)
         save_checkpoint(path, self.state(), self.metadata())
+        self._rollback_target = None  # a newer checkpoint exists: the last rollback target is cleared
         best = self.checkpoint_dir / "best.safetensors"
         prune_checkpoints(self.checkpoint_dir, self.params.keep_checkpoints, protect={best})
         return path
@@ -189,6 +201,8 @@ class Trainer:
         self.batch_in_epoch = int(progress["batch_in_epoch"])
         self.previous_wall = float(progress["wall_seconds"])
         self.best_metric = progress.get("best_metric")
+        self.lr_scale = float(progress.get("lr_scale", 1.0))
+        self.rollback_events = list(progress.get("rollback_events", []))
 
     def latest_checkpoint(self) -> Path | None:
         found = list_checkpoints(self.checkpoint_dir)
@@ -224,14 +238,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ one iteration
     def train_step(self, batch: Batch) -> dict[str, Tensor]:
-        """One optimiser step; returns the step's metrics as 0-dim tensors (``loss``, ``acc``, ...)."""
+        """One optimiser step; returns the step's metrics as 0-dim tensors (``loss``, ``acc``, ...).
+
+        Raises :class:`DivergenceTrip` before any weight update when the guard trips.
+        """
         e = self.experiment
         e.model.train()
         closure_needed = getattr(e.optimizer, "requires_closure", False)
         sampler = RecordingSampler(e.sampler) if closure_needed else e.sampler
         output = e.loss(e.model, batch, sampler)
         loss = output.loss
-        self._check_loss(loss)
+        self._check(loss, output.metrics)
         e.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if closure_needed:
@@ -251,17 +268,67 @@ class Trainer:
             metrics[f"sampler/{key}"] = torch.tensor(value)
         return metrics
 
-    def _check_loss(self, loss: Tensor) -> None:
-        value = float(loss.detach())
-        if not math.isfinite(value) or abs(value) > self.params.max_abs_loss:
-            latest = self.latest_checkpoint()
-            where = f"The last good checkpoint is {str(latest)!r}; " if latest else "No checkpoint was written yet; "
+    def _check(self, loss: Tensor, metrics: dict[str, Tensor]) -> None:
+        energy_data, energy_samples = metrics.get("energy_data"), metrics.get("energy_samples")
+        trip = check_step(
+            self.experiment.guard,
+            self.step + 1,
+            float(loss.detach()),
+            None if energy_data is None else float(energy_data),
+            None if energy_samples is None else float(energy_samples),
+        )
+        if trip is not None:
+            raise DivergenceTrip(trip)
+
+    def rollback(self, trip: Trip) -> dict[str, Any]:
+        """Restore the last checkpoint after ``trip``, reseed, scale the LR; the event record.
+
+        Raises :class:`DivergenceError` with the whole history once ``max_rollbacks`` is spent
+        (or at once when the guard is disabled).
+        """
+        guard = self.experiment.guard
+        history = [*self.rollback_events, {**trip.as_record()}]
+        target = self._rollback_target
+        if target is not None and target.exists() and list_checkpoints(self.checkpoint_dir)[0] != target:
+            # Tripped again before any newer checkpoint: the one we rolled back to may itself hold
+            # the damage (written after it was done). Set it aside and go one further back; the
+            # oldest checkpoint stays, to retry from with a new seed and a lower LR.
+            os.replace(target, target.with_name("suspect_" + target.name))
+        latest = self.latest_checkpoint()
+        if not guard.enabled or len(history) > guard.max_rollbacks or latest is None:
+            lines = "; ".join(f"step {ev['step']}: {ev['reason']}" for ev in history)
+            where = f"The last good checkpoint is {str(latest)!r}. " if latest else ""
             raise DivergenceError(
-                f"Training diverged at step {self.step + 1}: loss {value:g} (limit abs(loss) <= "
-                f"{self.params.max_abs_loss:g}). {where}resume from it with another seed "
-                "(`jemkit run --resume RUN_DIR seed=N`), or stabilise the recipe: lower optimizer.lr, "
-                "more sampler.steps, or loss.energy_l2=0.1."
+                f"Training diverged and was not recovered after {len(history) - 1} rollback(s) "
+                f"(guard.max_rollbacks={guard.max_rollbacks}, enabled={guard.enabled}): {lines}. "
+                f"{where}Stabilise the recipe (lower optimizer.lr, more sampler.steps, loss.energy_l2=0.1) "
+                f"and resume with `jemkit run --resume {self.run_dir} seed=N`."
             )
+        self.restore(latest)
+        self._rollback_target = latest
+        self.rollback_events = history
+        # The checkpoint carries the LR scale in force when it was written; apply the rest.
+        scale = guard.lr_scale ** len(history)
+        factor = scale / self.lr_scale
+        for group in self.experiment.optimizer.param_groups:
+            group["lr"] *= factor
+        schedule = self.experiment.schedule
+        schedule.base_lrs = [base * factor for base in schedule.base_lrs]
+        self.lr_scale = scale
+        if guard.reseed:
+            seed_everything(self.experiment.context.seed + 7919 * len(history))
+        self._train_sums, self._train_count = {}, 0
+        event = {
+            "step": trip.step,
+            "event": "rollback",
+            "reason": trip.reason,
+            "to_step": self.step,
+            "rollbacks": len(history),
+            "lr_scale": scale,
+            "checkpoint": latest.name,
+        }
+        history[-1].update(event)
+        return event
 
     # ------------------------------------------------------------------ logging
     def _accumulate(self, metrics: dict[str, Tensor]) -> None:
@@ -309,87 +376,120 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, progress: Any = None) -> dict[str, Any]:
-        """Train to the end (or ``max_steps``), checkpointing, logging and sampling on the way."""
+        """Train to the end (or ``max_steps``), checkpointing, logging and sampling on the way.
+
+        A guard trip rolls back to the last checkpoint and continues (see :mod:`jemkit.guard`);
+        SIGINT/SIGTERM write a checkpoint and raise :class:`Interrupted`.
+        """
         p = self.params
-        e = self.experiment
         hooks = self.plugins.hook
-        writer = MetricsWriter(self.run_dir / "metrics.jsonl")
-        steps_per_epoch = e.context.steps_per_epoch or 1
-        total_steps = e.context.total_steps or steps_per_epoch * p.epochs
+        self._writer = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self._progress = progress
+        self._total_steps = self.experiment.context.total_steps or (self.experiment.context.steps_per_epoch or 1) * p.epochs
         self._t0 = time.perf_counter()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        wants_step_hook = bool(hooks.jemkit_step_end.get_hookimpls())
+        self._wants_step_hook = bool(hooks.jemkit_step_end.get_hookimpls())
         hooks.jemkit_run_start(run=self)
-        task = progress.add_task("train", total=total_steps, completed=self.step, status="") if progress else None
+        self._task = progress.add_task("train", total=self._total_steps, completed=self.step, status="") if progress else None
         try:
-            while self.epoch < p.epochs and self.step < total_steps:
-                for batch in self._batches(self.epoch):
-                    metrics = self.train_step(batch)
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    self._accumulate(metrics)
-                    if wants_step_hook:
-                        plain = {f"train/{k}" if "/" not in k else k: float(v) for k, v in metrics.items()}
-                        hooks.jemkit_step_end(run=self, step=self.step, metrics=plain)
-                    last_of_run = self.step >= total_steps
-                    if self.step % p.log_every == 0 or last_of_run:
-                        record = self._flush_train_metrics()
-                        record["lr"] = e.optimizer.param_groups[0]["lr"]
-                        writer.write({"step": self.step, "epoch": self.epoch, **record})
-                        if progress is not None:
-                            progress.update(task, completed=self.step, status=_status_text(record, self.last_eval))
-                    elif progress is not None:
-                        progress.update(task, completed=self.step)
-                    if p.checkpoint_every_steps and self.step % p.checkpoint_every_steps == 0:
-                        self.save()
-                    if self._stop_signal is not None:
-                        path = self.save()
-                        raise Interrupted(
-                            f"Stopped by signal {signal.Signals(self._stop_signal).name} at step {self.step}; "
-                            f"checkpoint written to {str(path)!r}. Continue with "
-                            f"`jemkit run --resume {self.run_dir}`."
-                        )
-                    if last_of_run:
-                        break
-                epoch_done = self.batch_in_epoch >= steps_per_epoch
-                if epoch_done:
-                    self.epoch += 1
-                    self.batch_in_epoch = 0
-                finished = self.step >= total_steps or self.epoch >= p.epochs
-                if finished or (epoch_done and self.epoch % p.eval_every_epochs == 0):
-                    evaluated = self.evaluate()
-                    writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
-                    self._keep_best(evaluated)
-                    if progress is not None:
-                        progress.update(task, status=_status_text({}, self.last_eval))
-                    if progress is None and self.console is not None:
-                        self.console.print(f"epoch {self.epoch}  step {self.step}  " + _status_text({}, evaluated))
-                if p.sample_every_epochs and epoch_done and self.epoch % p.sample_every_epochs == 0 and not finished:
-                    self.write_samples(f"epoch_{self.epoch:04d}")
-                if finished or (epoch_done and self.epoch % p.checkpoint_every_epochs == 0):
-                    self.save()
+            if self.latest_checkpoint() is None:
+                self.save()  # step 0: the guard can always roll back somewhere
+            while self.epoch < p.epochs and self.step < self._total_steps:
+                try:
+                    finished = self._train_epoch()
+                except DivergenceTrip as tripped:
+                    event = self.rollback(tripped.trip)
+                    self._writer.truncate(self.step)
+                    self._writer.write(event)
+                    self._say(
+                        f"[yellow]guard:[/yellow] {event['reason']} at step {event['step']}; rolled back to "
+                        f"step {event['to_step']} (rollback {event['rollbacks']}, lr x{event['lr_scale']:g})"
+                    )
+                    continue
                 if finished:
                     break
-            if self.step == 0 or not self.last_eval:
+            if not self.last_eval:
                 evaluated = self.evaluate()
-                writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
+                self._writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
             self.write_samples("final", extra_steps=p.sample_extra_steps)
             summary = self._summary("completed")
             write_json_atomic(self.run_dir / "summary.json", summary)
             hooks.jemkit_run_end(run=self, summary=summary)
             return summary
         finally:
-            writer.close()
+            self._writer.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _say(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text)
+        elif self.console is not None:
+            self.console.print(text)
+
+    def _train_epoch(self) -> bool:
+        """Train the rest of the current epoch, then evaluate/sample/checkpoint; True when done."""
+        p = self.params
+        e = self.experiment
+        hooks = self.plugins.hook
+        progress, task = self._progress, self._task
+        total_steps = self._total_steps
+        for batch in self._batches(self.epoch):
+            metrics = self.train_step(batch)
+            self.step += 1
+            self.batch_in_epoch += 1
+            self._accumulate(metrics)
+            if self._wants_step_hook:
+                plain = {f"train/{k}" if "/" not in k else k: float(v) for k, v in metrics.items()}
+                hooks.jemkit_step_end(run=self, step=self.step, metrics=plain)
+            last_of_run = self.step >= total_steps
+            if self.step % p.log_every == 0 or last_of_run:
+                record = self._flush_train_metrics()
+                record["lr"] = e.optimizer.param_groups[0]["lr"]
+                self._writer.write({"step": self.step, "epoch": self.epoch, **record})
+                if progress is not None:
+                    progress.update(task, completed=self.step, status=_status_text(record, self.last_eval))
+            elif progress is not None:
+                progress.update(task, completed=self.step)
+            if p.checkpoint_every_steps and self.step % p.checkpoint_every_steps == 0:
+                self.save()
+            if self._stop_signal is not None:
+                path = self.save()
+                raise Interrupted(
+                    f"Stopped by signal {signal.Signals(self._stop_signal).name} at step {self.step}; "
+                    f"checkpoint written to {str(path)!r}. Continue with `jemkit run --resume {self.run_dir}`."
+                )
+            if last_of_run:
+                break
+        epoch_done = self.batch_in_epoch >= (e.context.steps_per_epoch or 1)
+        if epoch_done:
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        finished = self.step >= total_steps or self.epoch >= p.epochs
+        if finished or (epoch_done and self.epoch % p.eval_every_epochs == 0):
+            evaluated = self.evaluate()
+            self._writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
+            self._keep_best(evaluated)
+            if progress is not None:
+                progress.update(task, status=_status_text({}, self.last_eval))
+            else:
+                self._say(f"epoch {self.epoch}  step {self.step}  " + _status_text({}, evaluated))
+        if p.sample_every_epochs and epoch_done and self.epoch % p.sample_every_epochs == 0 and not finished:
+            self.write_samples(f"epoch_{self.epoch:04d}")
+        if finished or (epoch_done and self.epoch % p.checkpoint_every_epochs == 0):
+            self.save()
+        return finished
+
     def _keep_best(self, evaluated: dict[str, float]) -> None:
-        """Write ``checkpoints/best.safetensors`` when the evaluation accuracy improves."""
-        accuracy = next((v for k, v in evaluated.items() if k.endswith("/acc")), None)
-        if accuracy is None or (self.best_metric is not None and accuracy <= self.best_metric):
+        """Write ``checkpoints/best.safetensors`` when ``train.best_metric`` improves."""
+        p = self.params
+        value = next((v for k, v in evaluated.items() if k.split("/", 1)[-1] == p.best_metric), None)
+        if value is None:
             return
-        self.best_metric = accuracy
-        save_checkpoint(self.checkpoint_dir / "best.safetensors", self.state(), self.metadata())
+        better = self.best_metric is None or (value > self.best_metric if p.best_mode == "max" else value < self.best_metric)
+        if better:
+            self.best_metric = value
+            save_checkpoint(self.checkpoint_dir / "best.safetensors", self.state(), self.metadata())
 
     def _summary(self, status: str) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -398,6 +498,7 @@ class Trainer:
             **self.last_eval,
             "steps": self.step,
             "epochs": self.epoch,
+            "rollbacks": len(self.rollback_events),
             "wall_seconds": round(self.previous_wall + self._elapsed(), 3),
             "device": str(self.device),
         }

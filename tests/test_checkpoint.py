@@ -541,3 +541,14 @@ def test_cuda_tensors_and_rng(tmp_path: Path) -> None:
     assert torch.equal(torch.rand(3, device="cuda"), expected)
     on_cpu = load_checkpoint(path).state
     assert on_cpu["w"].device.type == "cpu"
+
+
+def test_prune_keeps_everything_when_fewer_than_keep_last(tmp_path):
+    from jemkit.checkpoint import checkpoint_name, list_checkpoints, prune_checkpoints, save_checkpoint
+
+    for step in (0, 3):
+        save_checkpoint(tmp_path / checkpoint_name(step), {"step": step})
+    assert prune_checkpoints(tmp_path, keep_last=3) == []
+    assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(0), checkpoint_name(3)]
+    assert len(prune_checkpoints(tmp_path, keep_last=0)) == 2
+    assert list_checkpoints(tmp_path) == []
