@@ -126,6 +126,8 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         )
     try:
         cfg = OmegaConf.load(path)
+    except OSError:  # OmegaConf's word for "the YAML is a scalar, not a mapping"
+        cfg = None
     except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError, ValueError) as exc:
         raise RecipeError(
             f"Recipe {str(path)!r} is not valid YAML: {_one_line(exc)}. Fix the syntax at the "
@@ -134,7 +136,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not isinstance(cfg, DictConfig):
         raise RecipeError(
             f"Recipe {str(path)!r} must be a mapping of sections (data:, model:, loss:, ...), "
-            f"but its top level is a {type(cfg).__name__}."
+            f"but its top level is {'a scalar' if cfg is None else 'a ' + type(cfg).__name__}."
         )
     cfg = apply_overrides(cfg, overrides, source=str(path))
     if "name" not in cfg or cfg.get("name") in (None, ""):
