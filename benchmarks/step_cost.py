@@ -1,0 +1,465 @@
+#!/usr/bin/env python
+"""What one JEM training iteration costs, next to its parts and a plain classifier iteration.
+
+Usage::
+
+    python benchmarks/step_cost.py RECIPE [key=value ...] [--repeats 7] [--warmup 2] [--iters 3]
+                                   [--device cpu|cuda] [--threads N] [--json OUT.json]
+
+The experiment is built exactly as ``jemkit run`` builds it (``load_plugins`` + ``load_recipe`` +
+``Trainer`` -> ``build_experiment``) and every timing runs on the first batch of a training
+DataLoader with the recipe's batch size. Timed, each as the median over ``--repeats`` runs of
+``--iters`` iterations after ``--warmup`` warm-up iterations (CUDA is synchronised around each run;
+the runs of the different measurements are interleaved so that changing machine load hits them
+alike):
+
+``jem_iteration``
+    ``Trainer.train_step`` itself: the recipe's loss (sampling included), backward, optimiser and
+    schedule step.
+``sampler_step``
+    One transition ``sampler.transition.step(x, model.energy)`` on the chains of one sampler call,
+    under the sampler's ``model_mode`` and ``frozen_weights``, as :class:`jemkit.sampler.Sampler`
+    runs it (a timed run makes K transitions per iteration, as a sampler call does, and reports
+    the time per transition).
+``sampler_call``
+    One whole ``sampler.sample(model, n, persist=False)``: K transitions plus chain initialisation
+    and diagnostics.
+``update``
+    The loss's forward and backward on the data plus negatives recorded from the real sampler
+    (the loss is called with a stand-in sampler that hands back those negatives): the JEM
+    iteration without sampling and without the optimiser step.
+``optimizer_step``
+    ``optimizer.step()`` alone (a recipe-built optimiser on a copy of the network).
+``plain_iteration``
+    ``Trainer.train_step`` with the loss swapped for ``cross_entropy`` on a copy of the network with
+    its own optimiser and schedule built from the recipe, so the JEM state is left alone.
+
+Derived: ``floor = sampler_calls * K * sampler_step + update`` (what an iteration costs if sampling
+were nothing but its K transitions and the update were free of overhead) and the ratios
+``jem / plain`` and ``jem / floor``. ``measure()`` returns all of it as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from jemkit.build import build_component
+from jemkit.config import load_recipe
+from jemkit.contracts import Batch, parameters_requiring_grad
+from jemkit.errors import JemkitError
+from jemkit.plugin_manager import load_plugins
+from jemkit.sampler import frozen_weights, model_mode
+from jemkit.train import Trainer
+
+#: Timings in the order they are measured and printed.
+TIMINGS = ("jem_iteration", "sampler_step", "sampler_call", "update", "optimizer_step", "plain_iteration")
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclasses.dataclass
+class Phase:
+    """One thing to time: ``fn`` is one iteration; ``context`` is entered around each timed run."""
+
+    fn: Callable[[], Any]
+    context: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
+    #: Already warmed up elsewhere: no warm-up iterations here.
+    warm: bool = False
+    #: Calls of ``fn`` per iteration (each timed run makes ``iters * calls_per_iter`` calls; the
+    #: time is reported per call).
+    calls_per_iter: int = 1
+
+
+def time_phases(
+    phases: dict[str, Phase], *, repeats: int, warmup: int, iters: int, sync: Callable[[], None]
+) -> dict[str, dict[str, Any]]:
+    """Milliseconds per call of each phase: median, min and max over ``repeats`` runs of ``iters`` iterations.
+
+    After ``warmup`` untimed iterations of every phase, the runs are interleaved (run r of every
+    phase, then run r + 1 of every phase, ...) so that a change in the machine's load during the
+    benchmark reaches all phases alike instead of skewing whichever happened to run then.
+    """
+    for phase in phases.values():
+        if phase.warm:
+            continue
+        with phase.context():
+            for _ in range(warmup):
+                phase.fn()
+    sync()
+    runs: dict[str, list[float]] = {name: [] for name in phases}
+    for _ in range(repeats):
+        for name, phase in phases.items():
+            calls = iters * max(1, phase.calls_per_iter)
+            with phase.context():
+                sync()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    phase.fn()
+                sync()
+                runs[name].append((time.perf_counter() - start) * 1000.0 / calls)
+    return {
+        name: {"median_ms": statistics.median(r), "min_ms": min(r), "max_ms": max(r), "runs_ms": r}
+        for name, r in runs.items()
+    }
+
+
+def host_peak_rss_mib() -> float:
+    """The process's peak resident set size so far (``getrusage`` maxrss), MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return rss / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def peak_memory_mib(device: torch.device) -> tuple[float, str]:
+    """Peak memory so far: CUDA ``max_memory_allocated``, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+    return host_peak_rss_mib(), "process maxrss"
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (other work competing for the CPUs), where the system has one."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _RecordedNegatives:
+    """Stand-in sampler for the loss: hands back, in order, the negatives the real sampler drew."""
+
+    def __init__(self, steps: int, negatives: list[Tensor]) -> None:
+        self.steps = steps
+        self.negatives = negatives
+        self.last_diagnostics: dict[str, float] = {}
+        self._next = 0
+
+    def sample(self, model: Any, n: int, y: Tensor | None = None, **kwargs: Any) -> Tensor:
+        x = self.negatives[self._next % len(self.negatives)]
+        self._next += 1
+        return x
+
+
+def _first_batch(trainer: Trainer) -> Batch:
+    """The first shuffled batch of an epoch-0 training DataLoader (as the Trainer seeds it)."""
+    e = trainer.experiment
+    generator = torch.Generator()
+    generator.manual_seed(e.context.seed * 100003)
+    loader = DataLoader(e.data.train, batch_size=e.train.batch_size, shuffle=True, drop_last=True, generator=generator)
+    try:
+        x, y = next(iter(loader))
+    except StopIteration:
+        raise JemkitError(
+            f"The training set has {len(e.data.train)} examples, fewer than one batch of "
+            f"{e.train.batch_size}; lower train.batch_size."
+        ) from None
+    return Batch(x=x.to(trainer.device), y=y.to(trainer.device))
+
+
+def _record_sampler_calls(trainer: Trainer, batch: Batch) -> list[tuple[int, Tensor | None, Tensor]]:
+    """Run one real ``train_step`` and record every ``sampler.sample`` call the loss makes."""
+    sampler = trainer.experiment.sampler
+    real = sampler.sample
+    calls: list[tuple[int, Tensor | None, Tensor]] = []
+
+    def recording(model: Any, n: int, y: Tensor | None = None, **kwargs: Any) -> Tensor:
+        x = real(model, n, y, **kwargs)
+        calls.append((n, y, x))
+        return x
+
+    sampler.sample = recording  # instance attribute shadows the method for this one step
+    try:
+        trainer.train_step(batch)
+    finally:
+        del sampler.sample
+    return calls
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def measure(
+    recipe: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    repeats: int = 7,
+    warmup: int = 2,
+    iters: int = 3,
+    device: str | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Build ``recipe`` (with ``overrides``) and time a JEM iteration, its parts and a plain iteration.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``) overrides the recipe's ``device``; ``threads`` sets
+    ``torch.set_num_threads`` for the measurement (the previous setting is restored afterwards).
+    Returns a JSON-serialisable dict (see the module docstring).
+    """
+    if min(repeats, iters) < 1 or warmup < 0:
+        raise ValueError("repeats and iters must be at least 1 and warmup non-negative")
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _measure(recipe, list(overrides), repeats=repeats, warmup=warmup, iters=iters, device=device)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _measure(
+    recipe: str | Path, overrides: list[str], *, repeats: int, warmup: int, iters: int, device: str | None
+) -> dict[str, Any]:
+    overrides = [*overrides, *([f"device={device}"] if device else [])]
+    plugins = load_plugins()
+    cfg = load_recipe(recipe, overrides)
+
+    rss_before_build = host_peak_rss_mib()  # the interpreter, torch and the plugins
+    with tempfile.TemporaryDirectory(prefix="jemkit-step-cost-") as tmp:
+        build_start = time.perf_counter()
+        trainer = Trainer(plugins, cfg, Path(tmp) / "run", source=str(recipe))  # nothing is written there
+        build_seconds = time.perf_counter() - build_start
+        e = trainer.experiment
+        model, sampler, dev = e.model, e.sampler, trainer.device
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+
+        def sync() -> None:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        batch = _first_batch(trainer)
+        load_before = _load_average()
+
+        # One real iteration first: it records the sampler calls the loss makes (count, n, y and
+        # the negatives), then the JEM warm-up iterations; the peak memory after them is the JEM one.
+        calls = _record_sampler_calls(trainer, batch)
+        for _ in range(warmup):
+            trainer.train_step(batch)
+        sync()
+        peak_jem, memory_kind = peak_memory_mib(dev)
+
+        # (a) the JEM iteration: Trainer.train_step as the training loop calls it.
+        def jem_iteration() -> None:
+            trainer.train_step(batch)
+
+        # (b) one sampler transition, inside the sampler's model mode and frozen weights.
+        n, y = (calls[0][0], calls[0][1]) if calls else (batch.x.shape[0], None)
+        chain = {"x": sampler.init.start(n, y, dev).x}
+
+        def energy_fn(inputs: Tensor) -> Tensor:
+            return model.energy(inputs, y)
+
+        def sampler_step() -> None:
+            result = sampler.transition.step(chain["x"], energy_fn)
+            chain["x"] = result.x.detach()
+            result.energy.mean()  # the sampler's per-step diagnostics (no device sync)
+
+        @contextlib.contextmanager
+        def sampling() -> Iterator[None]:
+            model.train()  # the mode training is in when the loss calls the sampler
+            bind = getattr(sampler.transition, "bind", None)
+            if callable(bind):  # transitions that need the model bind it per sampler call
+                bind(model, y)
+            with model_mode(model, sampler.model_mode), frozen_weights(model, sampler.freeze_weights):
+                yield
+
+        # the whole sampler call: K transitions plus chain initialisation and diagnostics.
+        def sampler_call() -> None:
+            sampler.sample(model, n, y=y, persist=False)
+            sampler.last_diagnostics = {}
+
+        # (d) the update: the loss's forward + backward on data plus the recorded negatives, no step.
+        stand_in = _RecordedNegatives(sampler.steps, [x for _, _, x in calls] or [batch.x])
+
+        def update() -> None:
+            model.train()
+            loss = e.loss(model, batch, stand_in).loss
+            float(loss.detach())  # train_step checks the loss value here (a device sync)
+            e.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+
+        # (c) a plain classifier iteration of the same network and batch: Trainer.train_step with
+        # cross-entropy, on a copy of the network with its own optimiser and schedule built from
+        # the recipe, so the JEM model and optimiser state are left alone.
+        clone = copy.deepcopy(model)
+        optimizer = build_component(
+            plugins, "optimizer", cfg, "optimizer", e.context, parameters_requiring_grad(clone), source=str(recipe)
+        )
+        schedule_cfg = cfg if cfg.get("schedule") is not None else OmegaConf.create({"schedule": {"name": "constant"}})
+        schedule = build_component(plugins, "schedule", schedule_cfg, "schedule", e.context, optimizer, source=str(recipe))
+        plain_loss = build_component(
+            plugins, "loss", OmegaConf.create({"loss": {"name": "cross_entropy"}}), "loss", e.context
+        )
+        plain = copy.copy(trainer)
+        plain.experiment = dataclasses.replace(e, model=clone, loss=plain_loss, optimizer=optimizer, schedule=schedule)
+
+        def plain_iteration() -> None:
+            plain.train_step(batch)
+
+        # the optimiser step alone, on the copy (with the gradients of its latest plain iteration).
+        plain_iteration()  # so that the copy has gradients before the first optimiser step
+
+        def optimizer_step() -> None:
+            optimizer.step()
+
+        phases = {
+            "jem_iteration": Phase(jem_iteration, warm=True),
+            # K transitions per iteration, as in a sampler call: each timed run of the short step
+            # lasts as long as ``iters`` sampler calls, which evens out the machine's noise.
+            "sampler_step": Phase(sampler_step, sampling, calls_per_iter=sampler.steps),
+            "sampler_call": Phase(sampler_call),
+            "update": Phase(update),
+            "plain_iteration": Phase(plain_iteration),
+            "optimizer_step": Phase(optimizer_step),
+        }
+        times = time_phases(phases, repeats=repeats, warmup=warmup, iters=iters, sync=sync)
+        e.optimizer.zero_grad(set_to_none=True)
+        peak_all, _ = peak_memory_mib(dev)
+        load_after = _load_average()
+
+    ms = {name: times[name]["median_ms"] for name in TIMINGS}
+    steps = int(sampler.steps)
+    floor = len(calls) * steps * ms["sampler_step"] + ms["update"]
+    return {
+        "recipe": str(recipe),
+        "overrides": list(overrides),
+        "name": str(cfg.get("name")),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "batch_size": int(batch.x.shape[0]),
+        "input_shape": list(batch.x.shape[1:]),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "K": steps,
+        "sampler_calls": len(calls),
+        "chains_per_call": int(n),
+        "repeats": repeats,
+        "warmup": warmup,
+        "iters": iters,
+        "build_seconds": build_seconds,
+        "load_average": [load_before, load_after],
+        **{f"{name}_ms": value for name, value in ms.items()},
+        "floor_ms": floor,
+        "ratio_jem_plain": ms["jem_iteration"] / ms["plain_iteration"],
+        "ratio_jem_floor": ms["jem_iteration"] / floor,
+        "peak_memory_jem_mib": peak_jem,
+        "peak_memory_mib": peak_all,
+        "peak_memory_kind": memory_kind,
+        "host_rss_before_build_mib": rss_before_build,
+        "timings": times,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The numbers of :func:`measure` as a small text table."""
+    spread = {name: (r["timings"][name]["min_ms"], r["timings"][name]["max_ms"]) for name in TIMINGS}
+
+    def row(label: str, value: str, note: str = "") -> str:
+        return f"  {label:<34} {value:>12}  {note}".rstrip()
+
+    def timed(label: str, name: str) -> str:
+        lo, hi = spread[name]
+        return row(label, f"{r[name + '_ms']:.2f}", f"(min {lo:.2f}, max {hi:.2f})")
+
+    calls = r["sampler_calls"]
+    floor_note = f"= {calls} x K x sampler step + update" if calls != 1 else "= K x sampler step + update"
+    lines = [
+        f"{r['name']}  ({r['recipe']} {' '.join(r['overrides'])})".rstrip(),
+        f"  device {r['device']} ({r['device_name']}), torch {r['torch']}, {r['threads']} threads, "
+        f"batch {r['batch_size']} x {r['input_shape']}, {r['parameters']:,} parameters",
+        f"  median of {r['repeats']} runs x {r['iters']} iterations after {r['warmup']} warm-up (ms per iteration)",
+        timed("JEM iteration (ms)", "jem_iteration"),
+        timed("sampler step (ms)", "sampler_step"),
+        row("K (sampler.steps)", str(r["K"]), f"{calls} sampler call(s) per iteration"),
+        timed("sampler call, K steps (ms)", "sampler_call"),
+        timed("update: fwd+bwd data+neg (ms)", "update"),
+        timed("optimizer step (ms)", "optimizer_step"),
+        timed("plain classifier iteration (ms)", "plain_iteration"),
+        row("ratio JEM / plain", f"{r['ratio_jem_plain']:.2f}"),
+        row("floor (ms)", f"{r['floor_ms']:.2f}", floor_note),
+        row("ratio JEM / floor", f"{r['ratio_jem_floor']:.3f}"),
+        row("peak memory, JEM (MiB)", f"{r['peak_memory_jem_mib']:.0f}", f"({r['peak_memory_kind']})"),
+        row("peak memory, whole run (MiB)", f"{r['peak_memory_mib']:.0f}"),
+        row("host maxrss before build (MiB)", f"{r['host_rss_before_build_mib']:.0f}", "(interpreter + torch)"),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Time one JEM training iteration against K sampler steps + the update and a plain classifier step."
+    )
+    parser.add_argument("recipe", help="recipe YAML, e.g. recipes/jem_digits.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value recipe overrides, e.g. train.batch_size=32")
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per measurement; the median is reported")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations before each measurement")
+    parser.add_argument("--iters", type=int, default=3, help="iterations per timed run")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the recipe's device")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write the numbers as JSON")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        result = measure(
+            args.recipe,
+            args.overrides,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            iters=args.iters,
+            device=args.device,
+            threads=args.threads,
+        )
+    except (JemkitError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    if not all(math.isfinite(result[f"{name}_ms"]) for name in TIMINGS):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The step-cost benchmark (benchmarks/step_cost.py) runs end to end on a tiny digits JEM."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+
+import torch
+
+from conftest import RECIPES, ROOT
+
+TINY = [
+    "model.backbone.channels=[8,16]",
+    "model.backbone.feature_dim=16",
+    "sampler.steps=2",
+    "sampler.init.size=200",
+    "train.batch_size=8",
+]
+
+
+def _load_step_cost():
+    """Import benchmarks/step_cost.py (benchmarks/ is a folder of scripts, not a package)."""
+    name = "jemkit_benchmark_step_cost"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "step_cost.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look the module up while the file executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_measure_tiny_digits():
+    step_cost = _load_step_cost()
+    threads_before = torch.get_num_threads()
+    # One thread: two OpenMP threads on a 2-core machine shared with other work stall each other.
+    result = step_cost.measure(
+        RECIPES / "jem_digits.yaml", TINY, repeats=5, warmup=1, iters=2, device="cpu", threads=1
+    )
+    assert torch.get_num_threads() == threads_before  # measure restores the thread setting
+
+    for name in step_cost.TIMINGS:
+        value = result[f"{name}_ms"]
+        assert math.isfinite(value) and value > 0, (name, value)
+        assert len(result["timings"][name]["runs_ms"]) == 5
+    assert result["K"] == 2
+    assert result["sampler_calls"] == 1 and result["chains_per_call"] == 8
+    assert result["batch_size"] == 8 and result["input_shape"] == [1, 8, 8]
+    assert result["device"] == "cpu" and result["threads"] == 1
+    assert result["ratio_jem_plain"] > 1
+    assert result["floor_ms"] == result["K"] * result["sampler_step_ms"] + result["update_ms"]
+    assert math.isfinite(result["ratio_jem_floor"]) and result["ratio_jem_floor"] > 0
+    assert result["peak_memory_mib"] > 0
+
+    json.dumps(result, allow_nan=False)  # what --json writes
+    table = step_cost.format_report(result)
+    assert "ratio JEM / plain" in table and "K (sampler.steps)" in table
