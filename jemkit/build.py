@@ -28,7 +28,9 @@ from jemkit.contracts import (
     parameters_requiring_grad,
 )
 from jemkit.errors import JemkitError, RecipeError
+from jemkit.distributed import DistInfo
 from jemkit.guard import GuardParams
+from jemkit.performance import PerformanceParams, prepare_model
 from jemkit.plugin_manager import PluginSet
 from jemkit.sampler import Sampler
 
@@ -47,6 +49,11 @@ class Experiment:
     schedule: torch.optim.lr_scheduler.LRScheduler
     train: TrainParams
     guard: GuardParams
+    performance: PerformanceParams
+
+
+#: Offset between the RNG seeds of consecutive ranks.
+RANK_SEED_STRIDE = 1_000_003
 
 
 def resolve_device(spec: str | None) -> torch.device:
@@ -147,18 +154,36 @@ def steps_per_epoch(num_train: int, batch_size: int) -> int:
 
 
 def build_experiment(
-    plugins: PluginSet, cfg: DictConfig, run_dir: Path | None = None, source: str = "recipe"
+    plugins: PluginSet,
+    cfg: DictConfig,
+    run_dir: Path | None = None,
+    source: str = "recipe",
+    dist: DistInfo | None = None,
 ) -> Experiment:
     """Build every component of ``cfg``, seeding the RNGs first so builds are reproducible.
 
-    ``source`` names the recipe in error messages (its file path).
+    ``source`` names the recipe in error messages (its file path). Under ``torchrun`` (``dist``
+    with several ranks) every rank builds the same model; from the sampler on, each rank draws
+    from its own RNG stream (seed + rank offset), so replay-buffer shards differ.
     """
+    dist = dist or DistInfo()
     seed = cfg.get("seed", 1)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise RecipeError(f"{source}: 'seed' must be an integer, got {seed!r}.")
     train = build_train_params(cfg, source)
     guard = build_params(GuardParams, cfg.get("guard") or {}, "guard", source, what="the divergence guard")
+    performance = build_params(
+        PerformanceParams, cfg.get("performance") or {}, "performance", source, what="the performance levers"
+    )
+    if train.batch_size % dist.world_size:
+        raise RecipeError(
+            f"{source}: train.batch_size={train.batch_size} (the global batch) does not split evenly over "
+            f"{dist.world_size} processes; choose a multiple of {dist.world_size}."
+        )
     device = resolve_device(cfg.get("device", "auto"))
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
     seed_everything(seed)
     context = BuildContext(device=device, run_dir=run_dir, seed=seed)
     data = build_data(plugins, cfg, context, source)
@@ -169,7 +194,9 @@ def build_experiment(
         )
     context.steps_per_epoch = steps_per_epoch(len(data.train), train.batch_size)
     context.total_steps = train.max_steps or context.steps_per_epoch * train.epochs
-    model = build_model(plugins, cfg, context, source)
+    model = prepare_model(build_model(plugins, cfg, context, source), performance)
+    if dist.rank:
+        seed_everything(seed + RANK_SEED_STRIDE * dist.rank)
     sampler = build_sampler(plugins, cfg, context, source)
     loss = build_component(plugins, "loss", cfg, "loss", context, source=source)
     optimizer = build_component(
@@ -177,4 +204,4 @@ def build_experiment(
     )
     schedule_cfg = cfg if cfg.get("schedule") is not None else OmegaConf.create({"schedule": {"name": "constant"}})
     schedule = build_component(plugins, "schedule", schedule_cfg, "schedule", context, optimizer, source=source)
-    return Experiment(cfg, context, data, model, sampler, loss, optimizer, schedule, train, guard)
+    return Experiment(cfg, context, data, model, sampler, loss, optimizer, schedule, train, guard, performance)

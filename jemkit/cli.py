@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="run directory (default runs/<recipe-name>-<timestamp>)")
     run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    run.add_argument(
+        "--nproc", type=int, default=1, metavar="N",
+        help="train data-parallel on N local processes (launches torchrun; gloo on CPU, NCCL on CUDA)",
+    )
     run.set_defaults(handler=run_command)
 
     listing = commands.add_parser("list-plugins", help="list plugins and their components")
@@ -191,13 +195,25 @@ def run_command(args: argparse.Namespace, console: Console, errors: Console) -> 
     if args.print_config:
         sys.stdout.write(to_yaml(cfg))
         return 0
+    if args.nproc > 1:
+        return launch_local_processes(args, run_dir, errors)
 
-    from jemkit.train import Trainer  # heavy imports (torch) only when training
+    from jemkit import distributed  # heavy imports (torch) only when training
+    from jemkit.build import resolve_device
+    from jemkit.train import Trainer
 
+    dist_info = distributed.from_environment()
+    if dist_info.enabled:
+        distributed.initialise(dist_info, resolve_device(cfg.get("device", "auto")))
+        run_dir = Path(distributed.broadcast_object(str(run_dir), dist_info))  # rank 0's timestamp
+        if not dist_info.is_main:
+            console.quiet = True
     plugins = load_plugins()
-    report_plugin_failures(plugins, errors)
+    if dist_info.is_main:
+        report_plugin_failures(plugins, errors)
     if args.resume is None:
         _check_fresh_run_dir(run_dir)
+    distributed.barrier(dist_info)
     trainer = Trainer(plugins, cfg, run_dir, console=console, source=source)
     if args.resume is not None:
         checkpoint = trainer.resume_from_latest()
@@ -207,7 +223,28 @@ def run_command(args: argparse.Namespace, console: Console, errors: Console) -> 
     with _progress(console, trainer) as progress:
         summary = trainer.fit(None if progress.disable else progress)
     console.print(summary_table(summary, run_dir))
+    distributed.shutdown()
     return 0
+
+
+def launch_local_processes(args: argparse.Namespace, run_dir: Path, errors: Console) -> int:
+    """``jemkit run --nproc N``: the same command under ``torchrun --standalone`` on N processes."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise RecipeError(f"--nproc must be at least 1, got {args.nproc}.")
+    argv = ["run"]
+    if args.resume is not None:
+        argv += ["--resume", str(args.resume)]
+    else:
+        argv += [str(args.recipe), "--out", str(run_dir)]
+    argv += list(args.overrides)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+        "-m", "jemkit", *argv,
+    ]
+    errors.print(f"launching {args.nproc} processes: {' '.join(command)}", highlight=False, soft_wrap=True)
+    return subprocess.call(command)
 
 
 def _progress(console: Console, trainer: Any) -> Progress:

@@ -106,6 +106,7 @@ TOP_LEVEL_KEYS: dict[str, bool] = {
     "schedule": False,
     "train": False,
     "guard": False,
+    "performance": False,
 }
 
 DEFAULT_SAMPLER: dict[str, Any] = {

@@ -41,6 +41,19 @@ class MetricsWriter:
         self._file.close()
 
 
+class NullMetricsWriter:
+    """Stands in for :class:`MetricsWriter` on ranks other than 0: writes nothing."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def truncate(self, last_step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All records of a ``metrics.jsonl`` file (a truncated last line is skipped)."""
     records = []

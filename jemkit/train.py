@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from jemkit import __version__
@@ -41,27 +42,47 @@ from jemkit.checkpoint import (
 )
 from jemkit.config import to_yaml
 from jemkit.contracts import Batch
-from jemkit.build import seed_everything
+from jemkit.build import RANK_SEED_STRIDE, resolve_device, seed_everything
+from jemkit.distributed import (
+    DataParallelModel,
+    DistInfo,
+    any_rank,
+    barrier,
+    from_environment,
+    gather_objects,
+    initialise,
+    gather_states,
+    local_slice,
+    mean_over_ranks,
+)
+from jemkit.performance import autocast, prepare_input
 from jemkit.errors import CheckpointError, DivergenceError, JemkitError
 from jemkit.guard import DivergenceTrip, Trip, check_step
 from jemkit.plugin_manager import PluginSet
-from jemkit.runlog import MetricsWriter, truncate_metrics, write_json_atomic
+from jemkit.runlog import MetricsWriter, NullMetricsWriter, truncate_metrics, write_json_atomic
 from jemkit.sampler import RecordingSampler
 from jemkit.samples import save_sample_grid
 
 
 @contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
+def preserved_rng(seed: int | None = None) -> Iterator[None]:
     """Run a block (evaluation, sample grids) without perturbing the training RNG streams.
 
     Runs that evaluate at different intervals then train identically, and a resumed run matches
-    an uninterrupted one.
+    an uninterrupted one. With ``seed`` the block itself is deterministic (evaluation noise is the
+    same at every evaluation and on every rank).
     """
     state = rng_state()
     try:
+        if seed is not None:
+            seed_everything(seed)
         yield
     finally:
         set_rng_state(state)
+
+
+#: Offset of the evaluation seed from the run's seed (evaluation noise is fixed per run).
+EVAL_SEED_OFFSET = 7_777
 
 
 class Interrupted(JemkitError):
@@ -97,7 +118,13 @@ class Trainer:
         self.console = console
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.sample_dir = self.run_dir / "samples"
-        self.experiment: Experiment = build_experiment(plugins, cfg, self.run_dir, source)
+        #: This process's rank and the world size (one process unless started by torchrun).
+        self.dist: DistInfo = from_environment()
+        if self.dist.enabled:
+            initialise(self.dist, resolve_device(cfg.get("device", "auto")))
+        self.experiment: Experiment = build_experiment(plugins, cfg, self.run_dir, source, self.dist)
+        #: What the loss calls: the model, or its DistributedDataParallel facade under torchrun.
+        self.train_model = self._wrap_for_training()
         self.step = 0
         self.epoch = 0
         #: Batches of the current epoch already consumed (non-zero only after a mid-epoch resume).
@@ -132,24 +159,34 @@ class Trainer:
     def device(self) -> torch.device:
         return self.experiment.context.device
 
+    def _wrap_for_training(self) -> Any:
+        if not self.dist.enabled:
+            return self.model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DataParallelModel(DistributedDataParallel(self.model, device_ids=device_ids))
+
     # ------------------------------------------------------------------ run directory
     def prepare_run_dir(self) -> None:
-        """Create the run directory and write the resolved recipe."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.checkpoint_dir.mkdir(exist_ok=True)
-        self.sample_dir.mkdir(exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg), encoding="utf-8")
+        """Create the run directory and write the resolved recipe (rank 0; the others wait)."""
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.checkpoint_dir.mkdir(exist_ok=True)
+            self.sample_dir.mkdir(exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg), encoding="utf-8")
+        barrier(self.dist)
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         """The whole training state, as stored in a checkpoint."""
         e = self.experiment
-        return {
+        sampler_state = e.sampler.state_dict()
+        rng = rng_state()
+        state: dict[str, Any] = {
             "model": e.model.state_dict(),
             "optimizer": e.optimizer.state_dict(),
             "schedule": e.schedule.state_dict(),
-            "sampler": e.sampler.state_dict(),
-            "rng": rng_state(),
+            "sampler": sampler_state,
+            "rng": rng,
             "progress": {
                 "step": self.step,
                 "epoch": self.epoch,
@@ -158,8 +195,13 @@ class Trainer:
                 "best_metric": self.best_metric,
                 "lr_scale": self.lr_scale,
                 "rollback_events": self.rollback_events,
+                "world_size": self.dist.world_size,
             },
         }
+        if self.dist.enabled:  # every rank's replay-buffer shard and RNG streams
+            state["sampler_ranks"] = gather_states(sampler_state, self.dist, self.device)
+            state["rng_ranks"] = gather_objects(rng, self.dist)
+        return state
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -171,12 +213,20 @@ class Trainer:
         }
 
     def save(self, path: Path | None = None) -> Path:
-        """Write a checkpoint of the current step (atomically) and prune old ones."""
+        """Write a checkpoint of the current step (atomically) and prune old ones.
+
+        Every rank must call this (it gathers their sampler states); rank 0 writes.
+        """
         path = path or self.checkpoint_dir / checkpoint_name(self.step)
-        save_checkpoint(path, self.state(), self.metadata())
-        self._rollback_target = None  # a newer checkpoint exists: the last rollback target is cleared
-        best = self.checkpoint_dir / "best.safetensors"
-        prune_checkpoints(self.checkpoint_dir, self.params.keep_checkpoints, protect={best})
+        state = self.state()
+        if self.dist.is_main:
+            save_checkpoint(path, state, self.metadata())
+            if path.parent == self.checkpoint_dir and path.name != "best.safetensors":
+                best = self.checkpoint_dir / "best.safetensors"
+                prune_checkpoints(self.checkpoint_dir, self.params.keep_checkpoints, protect={best})
+        barrier(self.dist)
+        if path.name != "best.safetensors":
+            self._rollback_target = None  # a newer checkpoint exists: the last rollback target is cleared
         return path
 
     def restore(self, path: Path) -> None:
@@ -188,14 +238,22 @@ class Trainer:
             e.model.load_state_dict(state["model"])
             e.optimizer.load_state_dict(state["optimizer"])
             e.schedule.load_state_dict(state["schedule"])
-            e.sampler.load_state_dict(state["sampler"])
+            shards = state.get("sampler_ranks")
+            # A run resumed on a different number of ranks reuses the saved shards round-robin.
+            e.sampler.load_state_dict(shards[self.dist.rank % len(shards)] if shards else state["sampler"])
             progress = state["progress"]
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(
                 f"Checkpoint {str(path)!r} does not fit this recipe's model or sampler: {str(exc).splitlines()[0]}. "
                 "Resume with the recipe the checkpoint was written by (its config.yaml), or start a new run."
             ) from None
-        set_rng_state(state["rng"])
+        rng_ranks = state.get("rng_ranks")
+        if self.dist.rank == 0:
+            set_rng_state(state["rng"])
+        elif rng_ranks and len(rng_ranks) == self.dist.world_size:
+            set_rng_state(rng_ranks[self.dist.rank])
+        else:  # a new rank (world size grew): a fresh stream of its own
+            seed_everything(self.experiment.context.seed + RANK_SEED_STRIDE * self.dist.rank + int(progress["step"]))
         self.step = int(progress["step"])
         self.epoch = int(progress["epoch"])
         self.batch_in_epoch = int(progress["batch_in_epoch"])
@@ -221,6 +279,7 @@ class Trainer:
         steps = self.experiment.context.steps_per_epoch or 1
         order = torch.randperm(len(self.experiment.data.train), generator=generator)
         batches = order[: steps * p.batch_size].view(steps, p.batch_size)[self.batch_in_epoch :].tolist()
+        batches = [local_slice(batch, self.dist) for batch in batches]
         return DataLoader(
             self.experiment.data.train,
             batch_sampler=batches,
@@ -234,7 +293,9 @@ class Trainer:
         for item in self._loader(epoch):
             # Data sets yield (x, y), or (x, y, x_px) with un-augmented inputs for the p(x) term.
             x, y, *rest = (t.to(self.device, non_blocking=non_blocking) for t in item)
-            yield Batch(x=x, y=y, x_px=rest[0] if rest else None)
+            perf = self.experiment.performance
+            x_px = prepare_input(rest[0], perf) if rest else None
+            yield Batch(x=prepare_input(x, perf), y=y, x_px=x_px)
 
     # ------------------------------------------------------------------ one iteration
     def train_step(self, batch: Batch) -> dict[str, Tensor]:
@@ -246,7 +307,9 @@ class Trainer:
         e.model.train()
         closure_needed = getattr(e.optimizer, "requires_closure", False)
         sampler = RecordingSampler(e.sampler) if closure_needed else e.sampler
-        output = e.loss(e.model, batch, sampler)
+        model = self.train_model
+        with autocast(self.device, e.performance):
+            output = e.loss(model, batch, sampler)
         loss = output.loss
         self._check(loss, output.metrics)
         e.optimizer.zero_grad(set_to_none=True)
@@ -255,7 +318,8 @@ class Trainer:
             # SAM-style optimisers re-evaluate the loss at perturbed weights, on the same negatives.
             def closure() -> Tensor:
                 e.optimizer.zero_grad(set_to_none=True)
-                again = e.loss(e.model, batch, sampler.replay()).loss
+                with autocast(self.device, e.performance):
+                    again = e.loss(model, batch, sampler.replay()).loss
                 again.backward()
                 return again.detach()
 
@@ -277,8 +341,8 @@ class Trainer:
             None if energy_data is None else float(energy_data),
             None if energy_samples is None else float(energy_samples),
         )
-        if trip is not None:
-            raise DivergenceTrip(trip)
+        if any_rank(trip is not None, self.dist, self.device):  # all ranks roll back together
+            raise DivergenceTrip(trip or Trip(self.step + 1, "divergence on another rank"))
 
     def rollback(self, trip: Trip) -> dict[str, Any]:
         """Restore the last checkpoint after ``trip``, reseed, scale the LR; the event record.
@@ -340,7 +404,8 @@ class Trainer:
     def _flush_train_metrics(self) -> dict[str, float]:
         if not self._train_count:
             return {}
-        averaged = {f"train/{k}" if "/" not in k else k: float(v) / self._train_count for k, v in self._train_sums.items()}
+        sums = mean_over_ranks(self._train_sums, self.dist)
+        averaged = {f"train/{k}" if "/" not in k else k: float(v) / self._train_count for k, v in sums.items()}
         self._train_sums, self._train_count = {}, 0
         if "train/energy_data" in averaged and "train/energy_samples" in averaged:
             averaged["train/energy_gap"] = averaged["train/energy_samples"] - averaged["train/energy_data"]
@@ -353,7 +418,7 @@ class Trainer:
         """Accuracy on the evaluation split (test, or validation when ``train.eval_on_val``)."""
         data = self.experiment.data
         split, dataset = ("val", data.val) if self.params.eval_on_val and data.val is not None else ("test", data.test)
-        with preserved_rng():
+        with preserved_rng(seed=self.experiment.context.seed + EVAL_SEED_OFFSET):
             result = evaluate_accuracy(self.model, dataset, self.device)
         self.last_eval = {f"{split}/acc": result["acc"], f"{split}/loss": result["loss"]}
         return self.last_eval
@@ -364,6 +429,8 @@ class Trainer:
         if context.input_shape is None or len(context.input_shape) != 3 or not context.num_classes:
             return None
         per_class = self.params.samples_per_class
+        if not self.dist.is_main:
+            return None
         y = torch.arange(context.num_classes, device=self.device).repeat_interleave(per_class)
         with preserved_rng():
             x = self.sampler.sample(self.model, y.numel(), y=y, steps=self.sampler.steps + extra_steps, persist=False)
@@ -383,7 +450,7 @@ class Trainer:
         """
         p = self.params
         hooks = self.plugins.hook
-        self._writer = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self._writer = MetricsWriter(self.run_dir / "metrics.jsonl") if self.dist.is_main else NullMetricsWriter()
         self._progress = progress
         self._total_steps = self.experiment.context.total_steps or (self.experiment.context.steps_per_epoch or 1) * p.epochs
         self._t0 = time.perf_counter()
@@ -413,7 +480,8 @@ class Trainer:
                 self._writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
             self.write_samples("final", extra_steps=p.sample_extra_steps)
             summary = self._summary("completed")
-            write_json_atomic(self.run_dir / "summary.json", summary)
+            if self.dist.is_main:
+                write_json_atomic(self.run_dir / "summary.json", summary)
             hooks.jemkit_run_end(run=self, summary=summary)
             return summary
         finally:
@@ -422,6 +490,8 @@ class Trainer:
                 signal.signal(sig, handler)
 
     def _say(self, text: str) -> None:
+        if not self.dist.is_main:
+            return
         if self._progress is not None:
             self._progress.console.print(text)
         elif self.console is not None:
@@ -453,10 +523,11 @@ class Trainer:
                 progress.update(task, completed=self.step)
             if p.checkpoint_every_steps and self.step % p.checkpoint_every_steps == 0:
                 self.save()
-            if self._stop_signal is not None:
+            if any_rank(self._stop_signal is not None, self.dist, self.device):
                 path = self.save()
+                name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
                 raise Interrupted(
-                    f"Stopped by signal {signal.Signals(self._stop_signal).name} at step {self.step}; "
+                    f"Stopped by {name} at step {self.step}; "
                     f"checkpoint written to {str(path)!r}. Continue with `jemkit run --resume {self.run_dir}`."
                 )
             if last_of_run:
@@ -489,7 +560,7 @@ class Trainer:
         better = self.best_metric is None or (value > self.best_metric if p.best_mode == "max" else value < self.best_metric)
         if better:
             self.best_metric = value
-            save_checkpoint(self.checkpoint_dir / "best.safetensors", self.state(), self.metadata())
+            self.save(self.checkpoint_dir / "best.safetensors")
 
     def _summary(self, status: str) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -513,7 +584,8 @@ class Trainer:
                 f"(looked in {str(self.checkpoint_dir)!r}). Start the run afresh with `jemkit run RECIPE`."
             )
         self.restore(latest)
-        truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         return latest
 
 

@@ -30,10 +30,18 @@ def check_norm(norm: str) -> None:
         raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
 
 
+def group_count(channels: int, max_groups: int = 32, min_per_group: int = 4) -> int:
+    """Largest divisor of ``channels`` that is at most ``max_groups`` and leaves at least
+    ``min_per_group`` channels per group (1 when none does)."""
+    limit = min(max_groups, channels // min_per_group)
+    return next((g for g in range(limit, 0, -1) if channels % g == 0), 1)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """A normalisation layer for ``[N, channels, H, W]`` feature maps.
 
-    ``group`` uses ``gcd(32, channels)`` groups, ``layer`` is ``GroupNorm(1, C)`` and
+    ``group`` uses :func:`group_count` groups (at most 32, at least 4 channels each, so narrow
+    layers do not degenerate into instance norm), ``layer`` is ``GroupNorm(1, C)`` and
     ``instance`` is ``GroupNorm(C, C)`` (per-channel, per-sample, affine, no running stats).
     """
     check_norm(kind)
@@ -42,7 +50,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels)
+        return nn.GroupNorm(group_count(channels), channels)
     if kind == "layer":
         return nn.GroupNorm(1, channels)
     return nn.GroupNorm(channels, channels)

@@ -190,3 +190,15 @@ def test_joint_energy_model_matches_head() -> None:
     torch.testing.assert_close(model.energy(x), -torch.logsumexp(logits, dim=1))
     torch.testing.assert_close(model.energy(x, y), -logits[torch.arange(5), y])
     assert (model.energy(x) <= model.energy(x, y)).all()
+
+
+def test_group_norm_never_degenerates_into_instance_norm():
+    from jemkit_plugins.backbones import group_count
+
+    assert group_count(640) == 32 and group_count(160) == 32
+    assert group_count(16) == 4 and group_count(8) == 2 and group_count(32) == 8
+    assert group_count(3) == 1 and group_count(6) == 1
+    for channels in range(1, 700):
+        groups = group_count(channels)
+        assert channels % groups == 0 and groups <= 32
+        assert groups == 1 or channels // groups >= 4
