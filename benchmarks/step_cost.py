@@ -426,6 +426,50 @@ def format_report(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Lever configurations for ``--levers``: (label, overrides). The first is the reference.
+LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("defaults (weights frozen while sampling)", ()),
+    ("weights NOT frozen while sampling", ("sampler.freeze_weights=false",)),
+    ("fused forward (data + negatives in one pass)", ("loss.fuse_forward=true",)),
+    ("channels_last", ("performance.channels_last=true",)),
+    ("bf16 autocast", ("performance.autocast=bf16",)),
+)
+COMPILE_LEVER = ("torch.compile (backbone)", ("performance.compile=true",))
+DEVICE_LEVERS = (("replay buffer on device", ("sampler.init.on_device=true",)),)
+
+
+def measure_levers(
+    recipe: str | Path, overrides: Sequence[str] = (), *, with_compile: bool = False, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """``measure`` once per lever configuration; each result gains ``lever`` and ``lever_overrides``."""
+    levers = list(LEVERS) + ([COMPILE_LEVER] if with_compile else [])
+    if kwargs.get("device") == "cuda":
+        levers += list(DEVICE_LEVERS)
+    # One discarded measurement first: the first build in a process pays one-time costs (lazy
+    # kernel initialisation, allocator growth) that would otherwise count against the reference.
+    measure(recipe, overrides, **{**kwargs, "repeats": 1, "iters": 1})
+    results = []
+    for label, extra in levers:
+        result = measure(recipe, [*overrides, *extra], **kwargs)
+        result["lever"], result["lever_overrides"] = label, list(extra)
+        results.append(result)
+    return results
+
+
+def format_levers(results: list[dict[str, Any]]) -> str:
+    """A table of the lever configurations with their times relative to the first."""
+    reference = results[0]["jem_iteration_ms"]
+    lines = [
+        f"{'configuration':48s} {'JEM iter ms':>12s} {'step ms':>9s} {'JEM/plain':>10s} {'JEM/floor':>10s} {'speed-up':>9s}",
+    ]
+    for r in results:
+        lines.append(
+            f"{r['lever']:48s} {r['jem_iteration_ms']:12.1f} {r['sampler_step_ms']:9.2f} "
+            f"{r['ratio_jem_plain']:10.2f} {r['ratio_jem_floor']:10.3f} {reference / r['jem_iteration_ms']:8.2f}x"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Time one JEM training iteration against K sampler steps + the update and a plain classifier step."
@@ -438,7 +482,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="override the recipe's device")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write the numbers as JSON")
+    parser.add_argument("--levers", action="store_true", help="measure every speed lever on and off")
+    parser.add_argument("--with-compile", action="store_true", help="with --levers: include torch.compile (slow to build)")
     args = parser.parse_intermixed_args(argv)
+    if args.levers:
+        try:
+            results = measure_levers(
+                args.recipe, args.overrides, with_compile=args.with_compile, repeats=args.repeats,
+                warmup=args.warmup, iters=args.iters, device=args.device, threads=args.threads,
+            )
+        except (JemkitError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(format_levers(results))
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        return 0
     try:
         result = measure(
             args.recipe,

@@ -56,3 +56,12 @@ def test_measure_tiny_digits():
     json.dumps(result, allow_nan=False)  # what --json writes
     table = step_cost.format_report(result)
     assert "ratio JEM / plain" in table and "K (sampler.steps)" in table
+
+
+def test_measure_levers_covers_every_lever():
+    step_cost = _load_step_cost()
+    results = step_cost.measure_levers(RECIPES / "jem_digits.yaml", TINY, repeats=1, warmup=0, iters=1, threads=1)
+    assert [r["lever"] for r in results] == [label for label, _ in step_cost.LEVERS]
+    assert all(r["jem_iteration_ms"] > 0 for r in results)
+    table = step_cost.format_levers(results)
+    assert "fused forward" in table and "1.00x" in table
