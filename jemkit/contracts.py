@@ -150,14 +150,21 @@ class StepResult:
     x: Tensor
     #: Energies ``[N]`` at the input of this step (detached).
     energy: Tensor
-    #: Mean L2 norm of ``dE/dx`` at the input of this step (0-dim tensor: no device sync).
+    #: Mean L2 norm of the raw ``dE/dx`` at the input of this step, before any clipping or
+    #: preconditioning the transition applies (0-dim tensor: no device sync).
     grad_norm: Tensor
     #: Metropolis acceptance rate of this step (0-dim tensor), ``None`` for unadjusted transitions.
     accept_rate: Tensor | None = None
 
 
 class Transition(abc.ABC):
-    """One Markov-chain step on ``x`` targeting ``p(x) ∝ exp(-E(x))``."""
+    """One Markov-chain step on ``x`` targeting ``p(x) ∝ exp(-E(x))``.
+
+    Optional protocol: a transition that needs the model itself (PYLD steps through the
+    backbone's ``first_layer``) defines ``bind(model, y)``; :meth:`jemkit.sampler.Sampler.sample`
+    calls it with the model and the labels (or ``None``) before the first step of every call.
+    ``bind`` may raise ``ValueError`` when the model lacks what the transition needs.
+    """
 
     @abc.abstractmethod
     def step(self, x: Tensor, energy_fn: EnergyFn) -> StepResult:

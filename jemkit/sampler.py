@@ -86,6 +86,9 @@ class Sampler:
         device = device or next(model.parameters()).device
         if y is not None:
             y = y.to(device)
+        bind = getattr(self.transition, "bind", None)
+        if callable(bind):  # optional protocol: transitions that need the model (PYLD)
+            bind(model, y)
         start = self.init.start(n, y, device)
         x = start.x
         steps = self.steps if steps is None else steps

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 from torchvision.datasets import VisionDataset
 
@@ -59,11 +60,14 @@ class ImageDataParams:
     val_size: int = 0
     #: Seed of the validation hold-out.
     split_seed: int = 1234
+    #: Training items become ``(x_augmented, y, x_plain)`` triples, so the p(x) term sees
+    #: un-augmented images (SADA-JEM); the classifier still trains on the augmented ones.
+    px_unaugmented: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.root, (str, os.PathLike)) or not str(self.root).strip():
             raise ValueError(f"root must be a non-empty folder path, got {self.root!r}")
-        for name in ("download", "augment"):
+        for name in ("download", "augment", "px_unaugmented"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_noise_std(self.noise_std)
@@ -273,6 +277,22 @@ def _open_both(spec: _ImageSet, root: Path, download: bool) -> tuple[
     return train, test
 
 
+class WithPlainInputs(Dataset):
+    """Items ``(x, y, x_plain)``: an augmented view's item plus the same image without augmentation."""
+
+    def __init__(self, augmented: TransformedView, plain: TransformedView) -> None:
+        self.augmented = augmented
+        self.plain = plain
+        self.targets = augmented.targets
+
+    def __len__(self) -> int:
+        return len(self.augmented)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = self.augmented[index]
+        return x, y, self.plain[index][0]
+
+
 def build_image_data(name: str, params: ImageDataParams) -> DataSplits:
     """Train/test (and optional validation) splits of the torchvision data set ``name``."""
     spec = IMAGE_SETS[name]
@@ -289,6 +309,8 @@ def build_image_data(name: str, params: ImageDataParams) -> DataSplits:
         val = TransformedView(train_base, held_out, plain, targets=train_y)
     train = TransformedView(train_base, keep, train_tf, targets=train_y)
     train_plain = TransformedView(train_base, keep, plain, targets=train_y) if params.augment else train
+    if params.px_unaugmented:
+        train = WithPlainInputs(train, TransformedView(train_base, keep, plain, targets=train_y))
     test = TransformedView(test_base, None, plain, targets=torch.tensor(test_targets, dtype=torch.long))
     return DataSplits(
         train=train,

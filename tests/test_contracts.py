@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from jemkit.config import build_params
 from jemkit.contracts import (
@@ -37,6 +39,14 @@ PLUGINS = load_plugins()
 SMALL: dict[tuple[str, str], dict] = {
     ("backbone", "wrn"): {"depth": 10, "widen_factor": 1},
     ("chain_init", "replay_buffer"): {"size": 100},
+    ("chain_init", "informative_buffer"): {"size": 100},
+    ("ood", "uniform_noise"): {"size": 12},
+    ("ood", "constant"): {"size": 12},
+    ("ood", "interpolations"): {"size": 12},
+    ("ood", "sklearn_patches"): {"size": 12},
+    ("ood", "celeba_folder"): {"max_images": 3},
+    ("feature_extractor", "digits_classifier"): {"epochs": 1},
+    ("feature_extractor", "inception"): {"resize": 75},
 }
 
 
@@ -49,8 +59,17 @@ def _params(component, extra: dict | None = None):
     return build_params(component.params, raw, f"{component.kind}.{component.name}")
 
 
+def _small_train_data() -> TensorDataset:
+    """Forty labelled 1x8x8 inputs in [-1, 1], four per class (for initialisers that fit on data)."""
+    generator = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.rand(40, 1, 8, 8, generator=generator) * 2 - 1, torch.arange(40) % 10)
+
+
 def _context(**kwargs) -> BuildContext:
-    defaults = dict(input_shape=(1, 8, 8), num_classes=10, feature_dim=16, steps_per_epoch=10, total_steps=100)
+    defaults = dict(
+        input_shape=(1, 8, 8), num_classes=10, feature_dim=16, steps_per_epoch=10, total_steps=100,
+        train_data=_small_train_data(),
+    )
     defaults.update(kwargs)
     return BuildContext(**defaults)
 
@@ -164,6 +183,14 @@ def _data_params(component, tmp_path: Path) -> dict:
     if component.name in writers:
         writers[component.name](tmp_path)
         return {"root": str(tmp_path), "download": False}
+    if (component.kind, component.name) == ("ood", "celeba_folder"):
+        from PIL import Image
+
+        folder = tmp_path / "celeba"
+        folder.mkdir(parents=True)
+        for i in range(4):  # CelebA-shaped (218x178) RGB images
+            Image.fromarray(np.full((218, 178, 3), 60 * i, dtype=np.uint8)).save(folder / f"{i:06d}.png")
+        return {"root": str(folder)}
     return {}
 
 
@@ -205,3 +232,66 @@ def test_schedule_contract(component):
     fresh = component.factory(_params(component), _context(), torch.optim.SGD([weight], lr=0.1))
     fresh.load_state_dict(schedule.state_dict())
     assert fresh.last_epoch == schedule.last_epoch
+
+
+#: Input shapes an OOD set or feature extractor is tried with: digits-sized and CIFAR-sized.
+EVAL_SHAPES = [(1, 8, 8), (3, 32, 32)]
+
+
+def _test_split(shape) -> TensorDataset:
+    generator = torch.Generator().manual_seed(1)
+    return TensorDataset(torch.rand(10, *shape, generator=generator) * 2 - 1, torch.arange(10))
+
+
+@pytest.mark.parametrize("component", _components("ood"))
+def test_ood_contract(component, tmp_path):
+    """Built for each input shape it supports (``ValueError`` otherwise), items have that shape and lie in [-1, 1]."""
+    built = 0
+    for shape in EVAL_SHAPES:
+        context = _context(input_shape=shape, test_data=_test_split(shape))
+        try:
+            params = _params(component, _data_params(component, tmp_path / "x".join(map(str, shape))))
+            dataset = component.factory(params, context)
+        except ValueError:
+            continue  # a set made for other input shapes (SVHN for digits models)
+        built += 1
+        assert len(dataset) > 0
+        for index in (0, len(dataset) - 1):
+            x, y = dataset[index][:2]
+            assert tuple(x.shape) == shape and x.dtype == torch.float32
+            assert x.min() >= -1.5 and x.max() <= 1.5, "OOD inputs share the [-1, 1] scale (plus a little noise)"
+            assert int(y) == y
+    assert built, "an OOD set must support at least the digits or the CIFAR input shape"
+
+
+def _inception_weights(path: Path) -> Path:
+    from safetensors.torch import save_file
+    from torchvision.models import inception_v3
+
+    torch.manual_seed(0)
+    state = inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("component", _components("feature_extractor"))
+def test_feature_extractor_contract(component, tmp_path, monkeypatch):
+    from jemkit.evaluation.features import FeatureExtractor
+
+    monkeypatch.setenv("JEMKIT_CACHE", str(tmp_path / "cache"))
+    extra = {}
+    if component.name == "inception":
+        extra = {"weights": str(_inception_weights(tmp_path / "inception.safetensors"))}
+    built = 0
+    for shape in EVAL_SHAPES:
+        try:
+            extractor = component.factory(_params(component, extra), _context(input_shape=shape))
+        except ValueError:
+            continue
+        built += 1
+        assert isinstance(extractor, FeatureExtractor) and extractor.weights
+        with torch.no_grad():
+            features, logits = extractor.eval().features_and_logits(torch.rand(3, *shape) * 2 - 1)
+        assert features.shape == (3, extractor.feature_dim) and logits.shape == (3, extractor.num_classes)
+        assert torch.isfinite(features).all() and torch.isfinite(logits).all()
+    assert built, "a feature extractor must support at least the digits or the CIFAR input shape"
