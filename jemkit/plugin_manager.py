@@ -32,6 +32,12 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "jemkit_plugins.data_digits",
     "jemkit_plugins.data_torchvision",
     "jemkit_plugins.optim",
+    "jemkit_plugins.mcmc",
+    "jemkit_plugins.jempp",
+    "jemkit_plugins.informative",
+    "jemkit_plugins.sam",
+    "jemkit_plugins.data_toy",
+    "jemkit_plugins.toy_plot",
 )
 
 
@@ -105,8 +111,14 @@ def load_plugins(
             dist = getattr(ep, "dist", None)
             origin = f"{dist.name} {dist.version}" if dist is not None else "entry point"
             if manager.has_plugin(ep.name) or ep.name in plugins.origins:
+                holder = plugins.origins.get(ep.name, "another plugin")
                 plugins.failures.append(
-                    PluginFailure(ep.name, origin, "another plugin is already registered under this name")
+                    PluginFailure(
+                        ep.name,
+                        origin,
+                        f"its entry-point name {ep.name!r} is already taken by a {holder} plugin; "
+                        "rename the entry point in the plugin's pyproject.toml",
+                    )
                 )
                 continue
             add(ep.name, origin, ep.load)
