@@ -29,7 +29,7 @@ EXIT_INTERRUPTED = 130
 
 #: Modules that add further subcommands: each has ``add_parser(subparsers)``, which registers
 #: its parser with ``set_defaults(handler=...)``; a handler is ``(args, console, errors) -> int``.
-COMMAND_MODULES: tuple[str, ...] = ("jemkit.cli_sample",)
+COMMAND_MODULES: tuple[str, ...] = ("jemkit.cli_sample", "jemkit.cli_eval")
 
 
 def _parser() -> argparse.ArgumentParser:

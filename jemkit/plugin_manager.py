@@ -38,6 +38,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "jemkit_plugins.sam",
     "jemkit_plugins.data_toy",
     "jemkit_plugins.toy_plot",
+    "jemkit_plugins.ood_sets",
+    "jemkit_plugins.feature_extractors",
 )
 
 

@@ -1,0 +1,56 @@
+"""Evaluation of trained runs: what the JEM paper measures (``jemkit eval``).
+
+Modules, one job each: :mod:`~jemkit.evaluation.settings` (defaults per data set, flags),
+:mod:`~jemkit.evaluation.rundir` (open a run at a checkpoint), :mod:`~jemkit.evaluation.scores`
+(``p(y|x)`` and the OOD scores), :mod:`~jemkit.evaluation.calibration`,
+:mod:`~jemkit.evaluation.detection` (AUROC, FPR95), :mod:`~jemkit.evaluation.pgd`,
+:mod:`~jemkit.evaluation.refine` (SGLD refinement, the JEM defence),
+:mod:`~jemkit.evaluation.frechet`, :mod:`~jemkit.evaluation.inception_score`,
+:mod:`~jemkit.evaluation.features` (the ``feature_extractor`` contract),
+:mod:`~jemkit.evaluation.generation`, :mod:`~jemkit.evaluation.figures`,
+:mod:`~jemkit.evaluation.report` and :mod:`~jemkit.evaluation.runner` (the whole command).
+
+Conventions: inputs live in ``[-1, 1]`` and so do PGD epsilons (``8/255`` in ``[0, 1]`` units is
+``16/255`` here). Lower energy means more likely; ``log p(x) = -E(x)`` up to a constant. OOD
+detection treats in-distribution inputs as the positive class, with scores oriented so that
+higher means more in-distribution.
+
+``RUN_DIR/eval/report.json``::
+
+    {
+      "format": "jemkit-eval/1", "jemkit_version": str, "created": ISO-8601 time,
+      "runs": {                                   # the evaluated run first, then the --baseline run
+        "<run name>": {                           # name = the run directory's name
+          "run_dir": str, "recipe": str, "data": str,
+          "checkpoint": {"path": str, "step": int},
+          "seconds": {"<section>": float},        # wall time per section
+          "accuracy": {"clean": p, "refined": p, "nll": nats, "n": int,
+                       "refine": {"steps": K, "transition": {"source": "run"|"cli", "name": ..., ...}}},
+          "calibration": {"ece": p, "bins": int, "n": int,
+                          "reliability": {"lower": [..], "upper": [..], "confidence": [..],
+                                          "accuracy": [..], "count": [..]}},
+          "ood": {"<set>": {"log_px"|"max_pyx"|"grad_norm": {"auroc": p, "fpr95": p}}},
+          "robustness": {"n": int,
+                         "attacks": {"linf"|"l2": [{"eps": float, "accuracy": p}, ...]},
+                         # with --defence only: adaptive attack on the defence, transfer of the
+                         # undefended model's adversarial inputs, and the per-input worst of both
+                         "defended": {"linf"|"l2": [{"eps", "accuracy": p, "transfer": p, "worst": p}]},
+                         "defence": {"steps", "copies", "noise", "transition", "attack", ...}},
+          "generation": {
+            "fresh": {"conditional": Q, "unconditional": Q},
+            "buffer": Q or null},                 # null when the run's sampler has no replay buffer
+          "figures": {"<key>": "figures/<file>.png"}
+        }
+      },
+      "data": {"name", "input_shape", "num_classes", "test_examples", "ood_examples": {"<set>": int}},
+      "real_data": {"fid": float, "protocol": str} or null,   # FID of real images: the floor
+      "settings": {...every setting used, resolved, plus OOD-set and extractor parameters...},
+      "protocol": {"accuracy"|"calibration"|"ood"|"robustness"|"generation": str},
+      "figures": {"robustness_<norm>": "figures/robustness_<norm>.png"}
+    }
+
+where ``p`` is a number in ``[0, 1]`` and ``Q`` is ``{"fid": float >= 0, "inception_score":
+{"mean", "std"}, "class_accuracy": p, "per_class_accuracy": [p, ...] (labelled samples whose
+classes the extractor knows), "protocol": {"samples", "source", "feature_extractor", "weights",
+"reference", "is_splits"}}``. Sections left out with ``--only`` are absent.
+"""

@@ -1,0 +1,209 @@
+"""The evaluation report as tables: ``report.json``, ``report.md`` (figures by relative path) and rich tables.
+
+Every table has one row per metric and one column per evaluated run, so a ``--baseline`` run sits
+beside the evaluated run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from jemkit.evaluation.scores import SCORES
+
+_NORM_LABEL = {"linf": "L-inf", "l2": "L2"}
+_SECTION_PROTOCOL = {
+    "Accuracy": "accuracy",
+    "Calibration": "calibration",
+    "OOD detection: AUROC": "ood",
+    "OOD detection: FPR at 95% TPR": "ood",
+    "Robust accuracy": "robustness",
+    "Generation": "generation",
+}
+
+
+@dataclass
+class ReportTable:
+    """Rows of ``(label, one value per run)`` with the figures that belong to them."""
+
+    title: str
+    runs: list[str]
+    rows: list[tuple[str, list[Any]]] = field(default_factory=list)
+    figures: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, label: str, values: list[Any]) -> None:
+        if any(v is not None for v in values):
+            self.rows.append((label, values))
+
+
+def _get(node: Any, *keys: Any) -> Any:
+    for key in keys:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and -len(node) <= key < len(node):
+            node = node[key]
+        else:
+            return None
+    return node
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3e}"
+    return str(value)
+
+
+def build_tables(report: dict[str, Any]) -> list[ReportTable]:
+    """The report's tables, in section order, for every section present in any run."""
+    runs: dict[str, Any] = report["runs"]
+    names = list(runs)
+    per_run = lambda *keys: [_get(runs[n], *keys) for n in names]  # noqa: E731
+    tables: list[ReportTable] = []
+
+    if any("accuracy" in r for r in runs.values()):
+        t = ReportTable("Accuracy", names)
+        t.add("test accuracy", per_run("accuracy", "clean"))
+        steps = next((_get(r, "accuracy", "refine", "steps") for r in runs.values() if "accuracy" in r), None)
+        t.add(f"accuracy after {steps} SGLD refinement steps", per_run("accuracy", "refined"))
+        t.add("test NLL (nats)", per_run("accuracy", "nll"))
+        tables.append(t)
+
+    if any("calibration" in r for r in runs.values()):
+        t = ReportTable("Calibration", names)
+        bins = report["settings"].get("bins")
+        t.add(f"ECE ({bins} bins)", per_run("calibration", "ece"))
+        t.figures = [
+            (f"{n}: reliability diagram", runs[n]["figures"]["reliability"])
+            for n in names
+            if "reliability" in runs[n].get("figures", {})
+        ]
+        tables.append(t)
+
+    if any("ood" in r for r in runs.values()):
+        sets = list(next(r["ood"] for r in runs.values() if "ood" in r))
+        for metric, title in (("auroc", "OOD detection: AUROC"), ("fpr95", "OOD detection: FPR at 95% TPR")):
+            t = ReportTable(title, names)
+            for name in sets:
+                for score in SCORES:
+                    t.add(f"{name}: {score}", per_run("ood", name, score, metric))
+            if metric == "auroc":
+                t.figures = [
+                    (f"{n}: scores, test vs {s}", runs[n]["figures"][f"ood_{s}"])
+                    for n in names
+                    for s in sets
+                    if f"ood_{s}" in runs[n].get("figures", {})
+                ]
+            tables.append(t)
+
+    if any("robustness" in r for r in runs.values()):
+        steps = report["settings"].get("pgd_steps")
+        t = ReportTable("Robust accuracy", names)
+        t.title = f"Robust accuracy (PGD-{steps}; eps in [-1, 1] input units)"
+        groups = (
+            ("attacks", "accuracy", ""),
+            ("defended", "accuracy", "defended (adaptive), "),
+            ("defended", "transfer", "defended (transfer), "),
+            ("defended", "worst", "defended (worst case), "),
+        )
+        for group, field_name, prefix in groups:
+            for norm in report["settings"].get("norms", []):
+                points = next(
+                    (_get(r, "robustness", group, norm) for r in runs.values() if _get(r, "robustness", group, norm)),
+                    None,
+                )
+                for i, point in enumerate(points or []):
+                    values = [_get(runs[n], "robustness", group, norm, i, field_name) for n in names]
+                    t.add(f"{prefix}{_NORM_LABEL[norm]} eps={point['eps']:.4g}", values)
+        t.figures = [
+            (f"PGD {_NORM_LABEL[k.split('_', 1)[1]]}", v)
+            for k, v in report.get("figures", {}).items()
+            if k.startswith("robustness_")
+        ]
+        tables.append(t)
+
+    if any("generation" in r for r in runs.values()):
+        t = ReportTable("Generation", names)
+        for source, mode in (("fresh", "conditional"), ("fresh", "unconditional"), ("buffer", None)):
+            keys = (source, mode) if mode else (source,)
+            label = f"{source} {mode}" if mode else "replay buffer"
+            t.add(f"{label}: FID", per_run("generation", *keys, "fid"))
+            t.add(f"{label}: Inception Score", per_run("generation", *keys, "inception_score", "mean"))
+            t.add(f"{label}: class-conditional accuracy", per_run("generation", *keys, "class_accuracy"))
+        real = _get(report, "real_data", "fid")
+        if real is not None:
+            t.add("real data (floor): FID", [real] * len(names))
+        t.figures = [
+            (f"{n}: {key.replace('_', ' ')} samples", runs[n]["figures"][key])
+            for n in names
+            for key in ("fresh_conditional", "fresh_unconditional", "buffer")
+            if key in runs[n].get("figures", {})
+        ]
+        tables.append(t)
+    return tables
+
+
+def rich_tables(report: dict[str, Any]) -> list[Table]:
+    """The report's tables for the terminal."""
+    out = []
+    for t in build_tables(report):
+        table = Table(title=t.title)
+        table.add_column("metric")
+        for name in t.runs:
+            table.add_column(name, justify="right")
+        for label, values in t.rows:
+            table.add_row(label, *(_format(v) for v in values))
+        out.append(table)
+    return out
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """``report.md``: a header naming the runs, one table per section with its protocol and figures, the settings."""
+    runs = report["runs"]
+    lines = ["# jemkit eval report", "", f"jemkit {report['jemkit_version']}, {report['created']}.", ""]
+    lines += ["| run | run directory | recipe | checkpoint (step) |", "| --- | --- | --- | --- |"]
+    for name, run in runs.items():
+        lines.append(
+            f"| {name} | `{run['run_dir']}` | {run['recipe']} | "
+            f"`{Path(run['checkpoint']['path']).name}` ({run['checkpoint']['step']}) |"
+        )
+    data = report["data"]
+    lines += [
+        "",
+        f"Data: {data['name']!r}, {data['test_examples']} test examples, inputs {data['input_shape']} in [-1, 1].",
+        "",
+    ]
+    described: set[str] = set()
+    for t in build_tables(report):
+        lines += [
+            f"## {t.title}",
+            "",
+            "| metric | " + " | ".join(_md_escape(n) for n in t.runs) + " |",
+            "| --- | " + " | ".join("---:" for _ in t.runs) + " |",
+        ]
+        for label, values in t.rows:
+            lines.append(f"| {_md_escape(label)} | " + " | ".join(_format(v) for v in values) + " |")
+        key = next((v for k, v in _SECTION_PROTOCOL.items() if t.title.startswith(k)), None)
+        if key and key in report["protocol"] and key not in described:
+            described.add(key)
+            lines += ["", f"Protocol: {report['protocol'][key]}"]
+        for caption, path in t.figures:
+            lines += ["", f"![{caption}]({path})"]
+        lines.append("")
+    lines += ["## Settings", "", "```json", json.dumps(report["settings"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    """Write ``report.json`` and ``report.md`` into ``folder``."""
+    (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (folder / "report.md").write_text(markdown(report), encoding="utf-8")

@@ -1,0 +1,48 @@
+"""Evaluation settings: profile defaults per data set, command-line overrides, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from jemkit.cli_eval import _number
+from jemkit.evaluation.errors import EvalError
+from jemkit.evaluation.settings import SECTIONS, resolve_settings
+
+
+def test_profiles_follow_the_data_set():
+    digits = resolve_settings("digits", {})
+    assert digits.profile == "digits" and digits.feature_extractor == "digits_classifier"
+    assert digits.ood_sets == ["uniform_noise", "interpolations", "inverted", "sklearn_patches"]
+    assert digits.bins == 15 and digits.sections == list(SECTIONS)
+    cifar = resolve_settings("cifar10", {})
+    assert cifar.profile == "image" and cifar.feature_extractor == "inception"
+    assert cifar.ood_sets == ["svhn", "cifar100", "celeba_folder", "interpolations", "uniform_noise", "constant"]
+    assert cifar.eps_linf[2] == pytest.approx(8 / 255)
+
+
+def test_overrides_win_and_none_means_default():
+    s = resolve_settings("digits", {"bins": 10, "ood_sets": ["inverted"], "n_samples": None})
+    assert s.bins == 10 and s.ood_sets == ["inverted"] and s.n_samples == 1000
+    with pytest.raises(ValueError, match="unknown evaluation setting"):
+        resolve_settings("digits", {"colour": "blue"})
+
+
+@pytest.mark.parametrize(
+    "overrides,flag",
+    [
+        ({"sections": ["acc", "speed"]}, "--only"),
+        ({"norms": []}, "--norms"),
+        ({"ood_sets": [], "sections": ["ood"]}, "--ood-sets"),
+        ({"eps_l2": [0.5, float("nan")]}, "--eps-l2"),
+        ({"refine_noise": 0.01}, "--refine-step-size"),
+        ({"n_samples": 5, "is_splits": 10}, "--is-splits"),
+        ({"max_test": 1}, "--max-test"),
+    ],
+)
+def test_bad_settings_name_their_flag(overrides, flag):
+    with pytest.raises(EvalError, match=flag):
+        resolve_settings("digits", overrides)
+
+
+def test_epsilons_may_be_fractions():
+    assert _number("8/255") == pytest.approx(8 / 255) and _number("0.5") == 0.5
