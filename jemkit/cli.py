@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from jemkit import __version__
-from jemkit.config import apply_overrides, check_structure, from_yaml, load_recipe, to_yaml
+from jemkit.config import apply_overrides, check_structure, load_recipe, read_run_config, to_yaml
 from jemkit.errors import JemkitError, RecipeError
 from jemkit.plugin_manager import PluginSet, load_plugins
 
@@ -153,22 +153,9 @@ def _check_fresh_run_dir(path: Path) -> None:
 
 
 def _resume_config(run_dir: Path, overrides: list[str]):
-    config = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise RecipeError(
-            f"Cannot resume: run directory {str(run_dir)!r} does not exist. Pass the directory of an "
-            "earlier `jemkit run` (it holds config.yaml and checkpoints/)."
-        )
-    if not config.is_file():
-        raise RecipeError(
-            f"Cannot resume: {str(config)!r} is missing, so {str(run_dir)!r} is not a jemkit run directory."
-        )
-    try:
-        cfg = from_yaml(config.read_text(encoding="utf-8"))
-    except Exception as exc:  # any parse failure of a damaged file
-        raise RecipeError(f"Cannot resume: {str(config)!r} is not a readable recipe ({exc}).") from None
-    cfg = apply_overrides(cfg, overrides, source=str(config))
-    check_structure(cfg, source=str(config))
+    """The stored recipe of ``run_dir`` with ``overrides`` applied."""
+    cfg = apply_overrides(read_run_config(run_dir), overrides, source=str(run_dir / "config.yaml"))
+    check_structure(cfg, source=str(run_dir / "config.yaml"))
     return cfg
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
+from jemkit.config import read_run_config
 from jemkit.errors import CheckpointError, JemkitError, RecipeError
 
 #: Chain starting points ``--from`` accepts.
@@ -66,25 +67,6 @@ def _check_args(args: argparse.Namespace) -> None:
         raise RecipeError(f"--out {str(args.out)!r} must name a .png file.")
 
 
-def _run_config(run_dir: Path):
-    from jemkit.config import check_structure, from_yaml
-
-    if not run_dir.is_dir():
-        raise RecipeError(
-            f"Run directory {str(run_dir)!r} does not exist. Pass the directory of an earlier "
-            "`jemkit run` (it holds config.yaml and checkpoints/)."
-        )
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise RecipeError(f"{str(config)!r} is missing, so {str(run_dir)!r} is not a jemkit run directory.")
-    try:
-        cfg = from_yaml(config.read_text(encoding="utf-8"))
-    except Exception as exc:  # any parse failure of a damaged file
-        raise RecipeError(f"{str(config)!r} is not a readable recipe ({exc}).") from None
-    check_structure(cfg, source=str(config))
-    return cfg
-
-
 def _checkpoint_path(run_dir: Path, explicit: Path | None) -> Path:
     from jemkit.checkpoint import list_checkpoints
 
@@ -104,7 +86,7 @@ def _checkpoint_path(run_dir: Path, explicit: Path | None) -> Path:
 def sample_command(args: argparse.Namespace, console: Console, errors: Console) -> int:
     """``jemkit sample``: rebuild a run's model and sampler, load a checkpoint, write samples as PNG."""
     _check_args(args)
-    cfg = _run_config(args.run_dir)
+    cfg = read_run_config(args.run_dir)
     checkpoint_path = _checkpoint_path(args.run_dir, args.checkpoint)
     if args.device:
         cfg.device = args.device

@@ -272,6 +272,28 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def read_run_config(run_dir: Path) -> DictConfig:
+    """The resolved recipe ``RUN_DIR/config.yaml`` of an earlier run; a clear error if there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RecipeError(
+            f"Run directory {str(run_dir)!r} does not exist. Pass the directory of an earlier "
+            "`jemkit run` (it holds config.yaml and checkpoints/)."
+        )
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise RecipeError(
+            f"{str(config)!r} is missing, so {str(run_dir)!r} is not a jemkit run directory "
+            "(a run directory holds config.yaml and checkpoints/)."
+        )
+    try:
+        cfg = from_yaml(config.read_text(encoding="utf-8"))
+    except Exception as exc:  # any parse failure of a damaged file
+        raise RecipeError(f"{str(config)!r} is not a readable recipe ({exc}).") from None
+    check_structure(cfg, source=str(config))
+    return cfg
+
+
 def to_yaml(cfg: DictConfig) -> str:
     """The resolved recipe as YAML text."""
     return OmegaConf.to_yaml(cfg, resolve=True)
@@ -295,6 +317,7 @@ __all__ = [
     "component_params",
     "from_yaml",
     "load_recipe",
+    "read_run_config",
     "section",
     "to_yaml",
 ]

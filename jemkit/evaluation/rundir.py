@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from jemkit.build import build_data, build_model, build_sampler, seed_everything
 from jemkit.checkpoint import list_checkpoints, load_checkpoint
-from jemkit.config import check_structure, from_yaml
+from jemkit.config import read_run_config
 from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel
 from jemkit.errors import CheckpointError, RecipeError
 from jemkit.plugin_manager import PluginSet
@@ -35,26 +35,6 @@ class LoadedRun:
     sampler: Sampler
     checkpoint: Path
     step: int
-
-
-def read_run_config(run_dir: Path) -> DictConfig:
-    """The resolved recipe ``RUN_DIR/config.yaml``; a clear error when it is not a run directory."""
-    if not run_dir.is_dir():
-        raise RecipeError(
-            f"Run directory {str(run_dir)!r} does not exist. Pass the --out directory of a finished `jemkit run`."
-        )
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise RecipeError(
-            f"{str(config)!r} is missing, so {str(run_dir)!r} is not a jemkit run directory "
-            "(a run directory holds config.yaml and checkpoints/)."
-        )
-    try:
-        cfg = from_yaml(config.read_text(encoding="utf-8"))
-    except Exception as exc:  # any parse failure of a damaged file
-        raise RecipeError(f"{str(config)!r} is not a readable recipe ({exc}).") from None
-    check_structure(cfg, source=str(config))
-    return cfg
 
 
 def find_checkpoint(run_dir: Path, which: str) -> Path:
