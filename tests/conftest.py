@@ -21,6 +21,15 @@ def _small_threads():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def plugins():
     from jemkit.plugin_manager import load_plugins

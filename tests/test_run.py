@@ -6,7 +6,6 @@ import json
 import types
 from pathlib import Path
 
-import pytest
 import torch
 
 from jemkit import hookimpl

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
 from jemkit.checkpoint import list_checkpoints
 
@@ -14,13 +13,8 @@ from conftest import RECIPES, TINY_DIGITS, run_cli
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models sample fastest on one thread (and do not fight other jobs for the cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run fastest on one thread and do not fight other jobs for the 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _is_png(path) -> bool:

@@ -28,13 +28,8 @@ TOY_RECIPES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A small MLP trains fastest on one thread (and does not fight other jobs for the cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run fastest on one thread and do not fight other jobs for the 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mmd2(a: torch.Tensor, b: torch.Tensor, bandwidth: float = MMD_BANDWIDTH) -> float:

@@ -18,7 +18,7 @@ from jemkit.build import build_data, build_model, build_sampler, seed_everything
 from jemkit.checkpoint import list_checkpoints, load_checkpoint
 from jemkit.config import read_run_config
 from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel
-from jemkit.errors import CheckpointError, RecipeError
+from jemkit.errors import CheckpointError
 from jemkit.plugin_manager import PluginSet
 from jemkit.sampler import Sampler
 
