@@ -21,6 +21,34 @@ def _small_threads():
     yield
 
 
+def gaussian_classes_model(centres: list[list[float]]):
+    """A JointEnergyModel with identity 2-D features and logits ``-|x - c_k|^2 / 2``:
+    ``E(x, y=k)`` is a unit Gaussian around ``centres[k]``. Its backbone has no ``first_layer``."""
+    from torch import nn
+
+    from jemkit.contracts import Backbone, EnergyHead, JointEnergyModel
+
+    class Identity(Backbone):
+        def __init__(self):
+            super().__init__()
+            self.feature_dim = 2
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return x.flatten(1) * self.scale
+
+    class NegDistance(EnergyHead):
+        def __init__(self):
+            super().__init__()
+            self.num_classes = len(centres)
+            self.centres = nn.Parameter(torch.tensor(centres))
+
+        def forward(self, f):
+            return -0.5 * (f[:, None, :] - self.centres[None]).pow(2).sum(-1)
+
+    return JointEnergyModel(Identity(), NegDistance())
+
+
 @pytest.fixture
 def one_thread():
     """Run a test on one torch thread (restored afterwards)."""

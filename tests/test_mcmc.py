@@ -22,6 +22,8 @@ from jemkit_plugins.jempp import PYLD, MissingFirstLayerError, ProximalSGLD, Pro
 from jemkit_plugins.mcmc import HMC, MALA, HMCParams, MALAParams, build_hmc, build_mala
 from jemkit_plugins.sampling import SGLD, UniformNoise
 
+from conftest import gaussian_classes_model
+
 N_CHAINS = 3000
 #: Standard errors allowed per statistic (about 1e-5 two-sided per statistic for a Gaussian mean).
 Z = 4.5
@@ -222,7 +224,7 @@ def test_hmc_with_tiny_steps_conserves_energy_and_accepts_all():
 
 
 def test_sampler_diagnostics_carry_the_acceptance_rate(plugins):
-    model = _GaussianClassesModel()
+    model = gaussian_classes_model([[0.5, 0.0], [-0.5, 0.0]])
     for name, params in (("mala", MALAParams(0.05)), ("hmc", HMCParams(0.1, 3))):
         transition = plugins.registries["transition"].get(name).factory(params, BuildContext())
         sampler = Sampler(UniformNoise((2,), 2.0, 3.0), transition, steps=10)  # start far from the modes
@@ -269,31 +271,6 @@ def test_proximal_sgld_step_matches_hand_computation():
 
 
 # --------------------------------------------------------------------------- PYLD
-
-
-class _GaussianClassesModel(JointEnergyModel):
-    """Identity features, logits -|x - c_k|^2 / 2: E(x, y=k) is a unit Gaussian around c_k."""
-
-    def __init__(self) -> None:
-        class Identity(Backbone):
-            def __init__(self):
-                super().__init__()
-                self.feature_dim = 2
-                self.scale = nn.Parameter(torch.ones(()))
-
-            def forward(self, x):
-                return x.flatten(1) * self.scale
-
-        class NegDistance(EnergyHead):
-            def __init__(self):
-                super().__init__()
-                self.num_classes = 2
-                self.centres = nn.Parameter(torch.tensor([[0.5, 0.0], [-0.5, 0.0]]))
-
-            def forward(self, f):
-                return -0.5 * (f[:, None, :] - self.centres[None]).pow(2).sum(-1)
-
-        super().__init__(Identity(), NegDistance())
 
 
 class _FirstLayerBackbone(Backbone):
@@ -355,7 +332,7 @@ def test_pyld_through_the_sampler_binds_the_model_and_descends(plugins):
 
 
 def test_pyld_without_a_first_layer_is_a_clear_recipe_error():
-    model = _GaussianClassesModel()
+    model = gaussian_classes_model([[0.5, 0.0], [-0.5, 0.0]])
     sampler = Sampler(UniformNoise((2,)), PYLD(PYLDParams()), steps=2)
     with pytest.raises(MissingFirstLayerError) as info:
         sampler.sample(model, 4)

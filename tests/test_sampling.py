@@ -12,6 +12,8 @@ from jemkit.contracts import BuildContext, JointEnergyModel, energy_and_grad
 from jemkit.sampler import Sampler, frozen_weights
 from jemkit_plugins.sampling import SGLD, ReplayBuffer, UniformNoise
 
+from conftest import gaussian_classes_model
+
 
 def quadratic(center: torch.Tensor, precision: float = 1.0):
     """E(x) = precision/2 * |x - center|^2, i.e. N(center, I / precision)."""
@@ -122,27 +124,7 @@ def test_replay_buffer_state_round_trip_and_shape_check():
 
 
 def _gaussian_classes_model() -> JointEnergyModel:
-    from jemkit.contracts import Backbone, EnergyHead
-
-    class Identity(Backbone):
-        def __init__(self):
-            super().__init__()
-            self.feature_dim = 2
-            self.scale = nn.Parameter(torch.ones(()))
-
-        def forward(self, x):
-            return x.flatten(1) * self.scale
-
-    class NegDistance(EnergyHead):
-        def __init__(self):
-            super().__init__()
-            self.num_classes = 2
-            self.centers = nn.Parameter(torch.tensor([[2.0, 0.0], [-2.0, 0.0]]))
-
-        def forward(self, f):
-            return -0.5 * (f[:, None, :] - self.centers[None]).pow(2).sum(-1)
-
-    return JointEnergyModel(Identity(), NegDistance())
+    return gaussian_classes_model([[2.0, 0.0], [-2.0, 0.0]])
 
 
 def test_sampler_class_conditional_moves_to_class_mode_and_freezes_weights():
