@@ -435,38 +435,107 @@ LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bf16 autocast", ("performance.autocast=bf16",)),
 )
 COMPILE_LEVER = ("torch.compile (backbone)", ("performance.compile=true",))
-DEVICE_LEVERS = (("replay buffer on device", ("sampler.init.on_device=true",)),)
+#: Levers that only mean something on CUDA.
+DEVICE_LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("replay buffer on device", ("sampler.init.on_device=true",)),
+    ("CUDA graphs (K-step sampler loop)", ("performance.cuda_graphs=true",)),
+    (
+        "fast: channels_last + bf16 + CUDA graphs + buffer on device",
+        ("performance.channels_last=true", "performance.autocast=bf16", "performance.cuda_graphs=true",
+         "sampler.init.on_device=true"),
+    ),
+    (
+        "fast + fused forward",
+        ("performance.channels_last=true", "performance.autocast=bf16", "performance.cuda_graphs=true",
+         "sampler.init.on_device=true", "loss.fuse_forward=true"),
+    ),
+)
+DEVICE_COMPILE_LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "fast, CUDA graphs via compile(reduce-overhead)",
+        ("performance.channels_last=true", "performance.autocast=bf16", "performance.compile=true",
+         "performance.compile_mode=reduce-overhead", "sampler.init.on_device=true"),
+    ),
+    (
+        "fast + compile(default) + CUDA graphs",
+        ("performance.channels_last=true", "performance.autocast=bf16", "performance.compile=true",
+         "performance.cuda_graphs=true", "sampler.init.on_device=true"),
+    ),
+)
+
+
+def lever_configurations(device: str | None, with_compile: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """The ``--levers`` configurations for a device: CPU ones, then CUDA-only ones, compile last."""
+    levers = list(LEVERS) + ([COMPILE_LEVER] if with_compile else [])
+    if device == "cuda":
+        levers += list(DEVICE_LEVERS) + (list(DEVICE_COMPILE_LEVERS) if with_compile else [])
+    return levers
+
+
+def projected_hours(iteration_ms: float, epochs: int, train_size: int, batch_size: int) -> float:
+    """Wall-clock hours of ``epochs`` epochs of ``train_size // batch_size`` iterations each."""
+    return epochs * max(1, train_size // batch_size) * iteration_ms / 3.6e6
 
 
 def measure_levers(
-    recipe: str | Path, overrides: Sequence[str] = (), *, with_compile: bool = False, **kwargs: Any
+    recipe: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    with_compile: bool = False,
+    json_path: Path | None = None,
+    **kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """``measure`` once per lever configuration; each result gains ``lever`` and ``lever_overrides``."""
-    levers = list(LEVERS) + ([COMPILE_LEVER] if with_compile else [])
-    if kwargs.get("device") == "cuda":
-        levers += list(DEVICE_LEVERS)
+    """``measure`` once per lever configuration; each result gains ``lever`` and ``lever_overrides``.
+
+    With ``json_path`` the list so far is rewritten after every configuration, so a run cut short
+    (a time limit on a lent GPU) keeps what it measured.
+    """
+    levers = lever_configurations(kwargs.get("device"), with_compile)
     # One discarded measurement first: the first build in a process pays one-time costs (lazy
     # kernel initialisation, allocator growth) that would otherwise count against the reference.
     measure(recipe, overrides, **{**kwargs, "repeats": 1, "iters": 1})
-    results = []
+    results: list[dict[str, Any]] = []
     for label, extra in levers:
         result = measure(recipe, [*overrides, *extra], **kwargs)
         result["lever"], result["lever_overrides"] = label, list(extra)
         results.append(result)
+        print(f"measured: {label}: {result['jem_iteration_ms']:.1f} ms per JEM iteration", file=sys.stderr, flush=True)
+        if json_path is not None:
+            write_json(json_path, results)
     return results
 
 
-def format_levers(results: list[dict[str, Any]]) -> str:
-    """A table of the lever configurations with their times relative to the first."""
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON (no NaN), creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def format_levers(
+    results: list[dict[str, Any]], epochs: int | None = None, train_size: int | None = None
+) -> str:
+    """A table of the lever configurations with their times relative to the first.
+
+    With ``epochs`` and ``train_size`` it adds iterations per second and the projected hours of a
+    whole run (``epochs`` x ``train_size // batch_size`` iterations, training steps only).
+    """
     reference = results[0]["jem_iteration_ms"]
-    lines = [
-        f"{'configuration':48s} {'JEM iter ms':>12s} {'step ms':>9s} {'JEM/plain':>10s} {'JEM/floor':>10s} {'speed-up':>9s}",
-    ]
+    project = epochs is not None and train_size is not None
+    header = (
+        f"{'configuration':60s} {'JEM iter ms':>12s} {'step ms':>9s} {'JEM/plain':>10s} {'JEM/floor':>10s} "
+        f"{'speed-up':>9s} {'peak MiB':>9s}"
+    )
+    lines = [header + (f" {'it/s':>7s} {f'h/{epochs} ep':>9s}" if project else "")]
     for r in results:
-        lines.append(
-            f"{r['lever']:48s} {r['jem_iteration_ms']:12.1f} {r['sampler_step_ms']:9.2f} "
-            f"{r['ratio_jem_plain']:10.2f} {r['ratio_jem_floor']:10.3f} {reference / r['jem_iteration_ms']:8.2f}x"
+        line = (
+            f"{r['lever']:60s} {r['jem_iteration_ms']:12.1f} {r['sampler_step_ms']:9.2f} "
+            f"{r['ratio_jem_plain']:10.2f} {r['ratio_jem_floor']:10.3f} {reference / r['jem_iteration_ms']:8.2f}x "
+            f"{r['peak_memory_jem_mib']:9.0f}"
         )
+        if project:
+            hours = projected_hours(r["jem_iteration_ms"], epochs, train_size, r["batch_size"])
+            line += f" {1000.0 / r['jem_iteration_ms']:7.2f} {hours:9.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -484,20 +553,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write the numbers as JSON")
     parser.add_argument("--levers", action="store_true", help="measure every speed lever on and off")
     parser.add_argument("--with-compile", action="store_true", help="with --levers: include torch.compile (slow to build)")
+    parser.add_argument("--epochs", type=int, default=None, help="with --levers: project the hours of this many epochs")
+    parser.add_argument(
+        "--train-size", type=int, default=None, help="with --epochs: training examples per epoch (CIFAR-10 recipe: 45000)"
+    )
     args = parser.parse_intermixed_args(argv)
     if args.levers:
         try:
             results = measure_levers(
-                args.recipe, args.overrides, with_compile=args.with_compile, repeats=args.repeats,
-                warmup=args.warmup, iters=args.iters, device=args.device, threads=args.threads,
+                args.recipe, args.overrides, with_compile=args.with_compile, json_path=args.json,
+                repeats=args.repeats, warmup=args.warmup, iters=args.iters, device=args.device, threads=args.threads,
             )
         except (JemkitError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        print(format_levers(results))
-        if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        print(format_levers(results, args.epochs, args.train_size))
         return 0
     try:
         result = measure(
@@ -514,8 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(format_report(result))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        write_json(args.json, result)
     if not all(math.isfinite(result[f"{name}_ms"]) for name in TIMINGS):
         return 1
     return 0

@@ -1,7 +1,7 @@
-"""``python -m jemkit`` (also what ``torchrun -m jemkit`` runs)."""
+"""``python -m jemkit`` (also what ``torchrun -m jemkit`` runs): see :mod:`jemkit.entry`."""
 
 import sys
 
-from jemkit.cli import main
+from jemkit.entry import main
 
 sys.exit(main())

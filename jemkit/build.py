@@ -58,6 +58,8 @@ RANK_SEED_STRIDE = 1_000_003
 
 def resolve_device(spec: str | None) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if spec is not None and not isinstance(spec, str):
+        raise RecipeError(f"device must be a name (auto, cpu, cuda or cuda:N), got {spec!r}.")
     spec = (spec or "auto").strip()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -142,6 +144,19 @@ def build_sampler(plugins: PluginSet, cfg: DictConfig, context: BuildContext, so
     return Sampler(init, transition, settings.steps, settings.model_mode, settings.freeze_weights)
 
 
+def enable_cuda_graphs(sampler: Sampler, cfg: DictConfig, source: str = "recipe") -> None:
+    """Switch on ``performance.cuda_graphs`` for ``sampler``; its transition must be graph-safe."""
+    transition = sampler.transition
+    if not getattr(transition, "graph_safe", False) or callable(getattr(transition, "bind", None)):
+        name = OmegaConf.select(cfg, "sampler.transition.name", default="sgld")
+        raise RecipeError(
+            f"{source}: performance.cuda_graphs needs a transition whose step launches the same kernels "
+            f"every call, and {name!r} ({type(transition).__name__}) does not declare graph_safe = True. "
+            "Use sgld, langevin or proximal_sgld, or set performance.cuda_graphs=false."
+        )
+    sampler.cuda_graphs = True
+
+
 def build_train_params(cfg: DictConfig, source: str = "recipe") -> TrainParams:
     """The ``train:`` section as :class:`TrainParams` (defaults where absent)."""
     raw = cfg.get("train") or {}
@@ -198,6 +213,8 @@ def build_experiment(
     if dist.rank:
         seed_everything(seed + RANK_SEED_STRIDE * dist.rank)
     sampler = build_sampler(plugins, cfg, context, source)
+    if performance.cuda_graphs:
+        enable_cuda_graphs(sampler, cfg, source)
     loss = build_component(plugins, "loss", cfg, "loss", context, source=source)
     optimizer = build_component(
         plugins, "optimizer", cfg, "optimizer", context, parameters_requiring_grad(model), source=source

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -18,11 +19,15 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from jemkit import __version__
 from jemkit.config import apply_overrides, check_structure, load_recipe, read_run_config, to_yaml
+from jemkit.entry import apply_env_defaults
 from jemkit.errors import JemkitError, RecipeError
+from jemkit.param_schema import ParamInfo, describe_params
 from jemkit.plugin_manager import PluginSet, load_plugins
+from jemkit.registry import Component
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -53,7 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=run_command)
 
     listing = commands.add_parser("list-plugins", help="list plugins and their components")
+    listing.add_argument("names", nargs="*", metavar="NAME", help="only the components with these names (any kind)")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument(
+        "--params", action="store_true",
+        help="also list each component's parameters (recipe keys): type, default and doc",
+    )
     listing.set_defaults(handler=list_plugins)
 
     for module_name in COMMAND_MODULES:
@@ -97,8 +107,8 @@ def report_plugin_failures(plugins: PluginSet, errors: Console) -> None:
 # --------------------------------------------------------------------------- list-plugins
 
 
-def plugin_rows(plugins: PluginSet) -> list[dict[str, str]]:
-    """One row per registered component: plugin, origin, kind, name, description."""
+def plugin_rows(plugins: PluginSet, components: list[Component] | None = None) -> list[dict[str, Any]]:
+    """One row per component (default: every registered one): plugin, origin, kind, name, description."""
     return [
         {
             "plugin": c.plugin,
@@ -107,25 +117,45 @@ def plugin_rows(plugins: PluginSet) -> list[dict[str, str]]:
             "name": c.name,
             "description": c.description,
         }
-        for c in plugins.registries.components()
+        for c in (plugins.registries.components() if components is None else components)
     ]
 
 
 def list_plugins(args: argparse.Namespace, console: Console, errors: Console) -> int:
-    """``jemkit list-plugins``: a table (or JSON) of every component and its origin."""
+    """``jemkit list-plugins [NAME ...] [--params]``: a table (or JSON) of components, their
+    origin and, with ``--params``, their parameters."""
     plugins = load_plugins()
     report_plugin_failures(plugins, errors)
-    rows = plugin_rows(plugins)
+    components = plugins.registries.named(args.names) if args.names else plugins.registries.components()
+    rows = plugin_rows(plugins, components)
+    params = [describe_params(c.params) for c in components] if args.params else [None] * len(rows)
     if args.json:
+        for row, infos in zip(rows, params):
+            if infos is not None:
+                row["params"] = [p.to_json() for p in infos]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
     table = Table(title=f"jemkit {__version__} plugins", show_lines=False)
     for column in ("plugin", "origin", "kind", "name", "description"):
         table.add_column(column, overflow="fold")
-    for row in rows:
+    for row, infos in zip(rows, params):
         table.add_row(*(row[k] for k in ("plugin", "origin", "kind", "name", "description")))
+        if infos is not None:
+            cells = _param_cells(infos)
+            for i, (name, text) in enumerate(cells):
+                table.add_row("", "", "", name, text, end_section=i == len(cells) - 1)
     console.print(table)
     return 0
+
+
+def _param_cells(infos: list[ParamInfo]) -> list[tuple[Text, Text]]:
+    """(name, ``type = default  doc``) table cells for a component's parameters."""
+    if not infos:
+        return [(Text("  (no parameters)", style="dim"), Text(""))]
+    return [
+        (Text(f"  {p.name}"), Text.assemble(f"{p.type} = {p.default_text()}", (f"  {p.doc}" if p.doc else "", "dim")))
+        for p in infos
+    ]
 
 
 # --------------------------------------------------------------------------- run
@@ -231,7 +261,9 @@ def launch_local_processes(args: argparse.Namespace, run_dir: Path, errors: Cons
         "-m", "jemkit", *argv,
     ]
     errors.print(f"launching {args.nproc} processes: {' '.join(command)}", highlight=False, soft_wrap=True)
-    return subprocess.call(command)
+    env = dict(os.environ)
+    apply_env_defaults(env)  # OMP_WAIT_POLICY=PASSIVE for the workers even when main() ran in-process
+    return subprocess.call(command, env=env)
 
 
 def _progress(console: Console, trainer: Any) -> Progress:

@@ -146,8 +146,34 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return cfg
 
 
+def switched_components(cfg: DictConfig, changes: DictConfig) -> list[str]:
+    """Dotted paths of the component sections of ``cfg`` whose ``name`` ``changes`` replaces.
+
+    The old component's parameters mean nothing to the new one, so such a section starts afresh.
+    """
+    found: list[str] = []
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, DictConfig):
+                walk(value, f"{prefix}{key}.")
+            elif key == "name" and prefix:
+                path = prefix[:-1]
+                old = OmegaConf.select(cfg, f"{path}.name", default=None)
+                if old is not None and old != value:
+                    found.append(path)
+
+    walk(changes, "")
+    return found
+
+
 def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...], source: str = "recipe") -> DictConfig:
-    """Merge ``a.b=value`` overrides (YAML values) into ``cfg``."""
+    """Merge ``a.b=value`` overrides (YAML values) into ``cfg``.
+
+    An override that changes a component's ``name`` (``sampler.transition.name=mala``) replaces
+    that section: only the keys the overrides give for it are kept, as when picking a config group
+    in Hydra. Other overrides merge key by key.
+    """
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise RecipeError(
@@ -157,7 +183,11 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...], sou
     if not overrides:
         return cfg
     try:
-        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        changes = OmegaConf.from_dotlist(list(overrides))
+        base = cfg.copy()
+        for path in switched_components(base, changes):
+            OmegaConf.update(base, path, {}, merge=False)
+        merged = OmegaConf.merge(base, changes)
     except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
         raise RecipeError(
             f"Could not apply overrides {list(overrides)} to {source}: {_one_line(exc)}. Check the "

@@ -164,7 +164,14 @@ class Transition(abc.ABC):
     backbone's ``first_layer``) defines ``bind(model, y)``; :meth:`jemkit.sampler.Sampler.sample`
     calls it with the model and the labels (or ``None``) before the first step of every call.
     ``bind`` may raise ``ValueError`` when the model lacks what the transition needs.
+
+    ``graph_safe = True`` declares that :meth:`step` launches the same kernels whatever the values
+    of ``x`` (no host synchronisation, no Python branch on tensor values, no state kept between
+    calls), so ``performance.cuda_graphs`` may capture the K-step loop as one CUDA graph.
     """
+
+    #: Whether the K-step loop of this transition may be captured as a CUDA graph.
+    graph_safe: bool = False
 
     @abc.abstractmethod
     def step(self, x: Tensor, energy_fn: EnergyFn) -> StepResult:

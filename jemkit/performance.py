@@ -4,7 +4,8 @@ Chosen in the recipe's ``performance:`` section; each is measured on and off by
 ``benchmarks/step_cost.py --levers``. Levers that live with their component stay there:
 ``sampler.freeze_weights`` (no weight gradients while sampling), ``loss.fuse_forward`` (data and
 negatives in one forward pass; exact without batch norm), ``sampler.init.on_device`` (replay
-buffer on the GPU). Pinned, non-blocking host-to-device copies are always on for CUDA.
+buffer on the GPU). ``cuda_graphs`` is applied by the sampler (:mod:`jemkit.chain_graphs`).
+Pinned, non-blocking host-to-device copies are always on for CUDA.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class PerformanceParams:
     compile: bool = False
     #: ``torch.compile`` mode: ``default``, ``reduce-overhead`` (CUDA graphs) or ``max-autotune``.
     compile_mode: str = "default"
+    #: Capture the sampler's K-step loop as one CUDA graph per chain shape and replay it (CUDA
+    #: only, graph-safe transitions: sgld, langevin, proximal_sgld; eager on CPU).
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.autocast not in AUTOCAST_DTYPES:
@@ -38,6 +42,11 @@ class PerformanceParams:
         if self.compile_mode not in ("default", "reduce-overhead", "max-autotune"):
             raise ValueError(
                 f"compile_mode must be default, reduce-overhead or max-autotune, got {self.compile_mode!r}"
+            )
+        if self.cuda_graphs and self.compile and self.compile_mode == "reduce-overhead":
+            raise ValueError(
+                "cuda_graphs and compile_mode=reduce-overhead both capture CUDA graphs and cannot nest; "
+                "choose one (cuda_graphs captures the whole sampler loop, reduce-overhead each backbone call)"
             )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,20 @@ def first_line(text: str | None) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+def unknown_name_error(name: object, known: Iterable[str], kind: str | None = None) -> RegistryError:
+    """The error for an unknown component ``name``: a did-you-mean, the known names, and a
+    pointer to ``jemkit list-plugins``. ``kind`` narrows the wording (``None``: any kind)."""
+    choices = sorted(set(known))
+    close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    label = f"{kind} " if kind else ""
+    return RegistryError(
+        f"Unknown {label or 'component '}{name!r}.{hint} Known {label}components: "
+        f"{', '.join(choices) or 'none'}. Run `jemkit list-plugins` to see every installed "
+        "component, or install the plugin that provides it."
+    )
 
 
 class Registry:
@@ -113,14 +127,7 @@ class Registry:
             return self._components[name]
         except KeyError:
             pass
-        close = difflib.get_close_matches(str(name), list(self._components), n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        known = ", ".join(sorted(self._components)) or "none"
-        raise RegistryError(
-            f"Unknown {self.kind} {name!r}.{hint} Known {self.kind} components: {known}. "
-            "Run `jemkit list-plugins` to see every installed component, or install the plugin "
-            "that provides it."
-        ) from None
+        raise unknown_name_error(name, self._components, self.kind) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._components
@@ -154,3 +161,14 @@ class Registries:
     def components(self) -> list[Component]:
         """Every registered component, grouped by kind in :data:`KINDS` order."""
         return [c for registry in self for c in registry]
+
+    def named(self, names: Iterable[str]) -> list[Component]:
+        """The components called any of ``names`` (of every kind), in :meth:`components` order;
+        a :class:`RegistryError` with suggestions for the first name no kind knows."""
+        components = self.components()
+        known = {c.name for c in components}
+        wanted = list(names)
+        for name in wanted:
+            if name not in known:
+                raise unknown_name_error(name, known)
+        return [c for c in components if c.name in wanted]

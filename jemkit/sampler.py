@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from jemkit.chain_graphs import ChainGraphCache, ChainLoopOutput, LoopBody, loop_key
 from jemkit.contracts import ChainInit, JointEnergyModel, Transition
 
 
@@ -57,6 +58,7 @@ class Sampler:
         model_mode: str = "eval",
         freeze_weights: bool = True,
         track_final_energy: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         self.init = init
         self.transition = transition
@@ -65,6 +67,9 @@ class Sampler:
         self.freeze_weights = freeze_weights
         #: Compute the energy after the final step for diagnostics (costs one forward pass).
         self.track_final_energy = track_final_energy
+        #: Replay the K-step loop as a CUDA graph on CUDA devices (graph-safe transitions only).
+        self.cuda_graphs = cuda_graphs
+        self.graph_cache = ChainGraphCache()
         #: Diagnostics of the latest call (plain floats), logged under ``sampler/``.
         self.last_diagnostics: dict[str, float] = {}
 
@@ -93,38 +98,66 @@ class Sampler:
         x = start.x
         steps = self.steps if steps is None else steps
 
-        def energy_fn(inputs: Tensor) -> Tensor:
-            return model.energy(inputs, y)
-
-        first_energy: Tensor | None = None
-        last_energy: Tensor | None = None
-        grad_norms: list[Tensor] = []
-        accepts: list[Tensor] = []
         with model_mode(model, self.model_mode), frozen_weights(model, self.freeze_weights):
-            for _ in range(steps):
-                result = self.transition.step(x, energy_fn)
-                x = result.x.detach()
-                if first_energy is None:
-                    first_energy = result.energy.mean()
-                last_energy = result.energy.mean()
-                grad_norms.append(result.grad_norm)
-                if result.accept_rate is not None:
-                    accepts.append(result.accept_rate)
-            if steps and self.track_final_energy:
-                with torch.no_grad():
-                    last_energy = energy_fn(x).mean()
+            if self._graphs_apply(x, steps):
+                key = loop_key(x, y, steps, self.model_mode, self.freeze_weights)
+                out = self.graph_cache.run(key, model, x, y, lambda xs, ys: self._loop_body(model, xs, ys, steps))
+            else:
+                out = self._loop_body(model, x, y, steps)()
+        x = out.x
         if persist:
             self.init.finish(start, x)
         diagnostics = {"reinit_fraction": float(start.reinit_fraction)}
-        if first_energy is not None and last_energy is not None:
-            diagnostics["energy_start"] = float(first_energy)
-            diagnostics["energy_end"] = float(last_energy)
-        if grad_norms:
-            diagnostics["grad_norm"] = float(torch.stack(grad_norms).mean())
-        if accepts:
-            diagnostics["accept_rate"] = float(torch.stack(accepts).mean())
+        if out.first_energy is not None and out.last_energy is not None:
+            diagnostics["energy_start"] = float(out.first_energy)
+            diagnostics["energy_end"] = float(out.last_energy)
+        if out.grad_norm is not None:
+            diagnostics["grad_norm"] = float(out.grad_norm)
+        if out.accept_rate is not None:
+            diagnostics["accept_rate"] = float(out.accept_rate)
         self.last_diagnostics = diagnostics
         return x.detach()
+
+    def _graphs_apply(self, x: Tensor, steps: int) -> bool:
+        """Whether this call replays a CUDA graph: enabled, on CUDA, K > 0, graph-safe transition."""
+        return (
+            self.cuda_graphs
+            and x.device.type == "cuda"
+            and steps > 0
+            and getattr(self.transition, "graph_safe", False)
+            and not callable(getattr(self.transition, "bind", None))
+        )
+
+    def _loop_body(self, model: JointEnergyModel, x: Tensor, y: Tensor | None, steps: int) -> LoopBody:
+        """The K-step loop on chains ``x`` (read, never written) as a closure, eager or captured."""
+
+        def energy_fn(inputs: Tensor) -> Tensor:
+            return model.energy(inputs, y)
+
+        def body() -> ChainLoopOutput:
+            chains = x
+            energies: list[Tensor] = []
+            grad_norms: list[Tensor] = []
+            accepts: list[Tensor] = []
+            for _ in range(steps):
+                result = self.transition.step(chains, energy_fn)
+                chains = result.x.detach()
+                energies.append(result.energy.mean())
+                grad_norms.append(result.grad_norm)
+                if result.accept_rate is not None:
+                    accepts.append(result.accept_rate)
+            out = ChainLoopOutput(x=chains)
+            if steps:
+                out.first_energy, out.last_energy = energies[0], energies[-1]
+                out.grad_norm = torch.stack(grad_norms).mean()
+                if self.track_final_energy:
+                    with torch.no_grad():
+                        out.last_energy = energy_fn(chains).mean()
+            if accepts:
+                out.accept_rate = torch.stack(accepts).mean()
+            return out
+
+        return body
 
     def state_dict(self) -> dict[str, Tensor]:
         """The initialiser's state (a replay buffer), for checkpoints."""

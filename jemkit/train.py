@@ -410,6 +410,17 @@ class Trainer:
             averaged["train/energy_gap"] = averaged["train/energy_samples"] - averaged["train/energy_data"]
         return averaged
 
+    def _mark_throughput(self) -> None:
+        """Start a new throughput window at the current step."""
+        self._window_step, self._window_start = self.step, time.perf_counter()
+
+    def _throughput(self) -> float:
+        """Training iterations per second of wall time since the last log record (all work included)."""
+        now = time.perf_counter()
+        rate = (self.step - self._window_step) / max(now - self._window_start, 1e-9)
+        self._window_step, self._window_start = self.step, now
+        return rate
+
     def _elapsed(self) -> float:
         return time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0
 
@@ -453,6 +464,7 @@ class Trainer:
         self._progress = progress
         self._total_steps = self.experiment.context.total_steps or (self.experiment.context.steps_per_epoch or 1) * p.epochs
         self._t0 = time.perf_counter()
+        self._mark_throughput()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self._wants_step_hook = bool(hooks.jemkit_step_end.get_hookimpls())
         hooks.jemkit_run_start(run=self)
@@ -465,6 +477,7 @@ class Trainer:
                     finished = self._train_epoch()
                 except DivergenceTrip as tripped:
                     event = self.rollback(tripped.trip)
+                    self._mark_throughput()
                     self._writer.truncate(self.step)
                     self._writer.write(event)
                     self._say(
@@ -515,6 +528,7 @@ class Trainer:
             if self.step % p.log_every == 0 or last_of_run:
                 record = self._flush_train_metrics()
                 record["lr"] = e.optimizer.param_groups[0]["lr"]
+                record["time/it_per_s"] = self._throughput()
                 self._writer.write({"step": self.step, "epoch": self.epoch, **record})
                 if progress is not None:
                     progress.update(task, completed=self.step, status=_status_text(record, self.last_eval))

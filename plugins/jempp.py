@@ -68,6 +68,8 @@ class ProximalSGLDParams:
 class ProximalSGLD(Transition):
     """``x <- clamp(x - step_size * clamp(dE/dx, -c, c) + noise * N(0, I), low, high)``."""
 
+    graph_safe = True
+
     def __init__(self, params: ProximalSGLDParams) -> None:
         self.params = params
 

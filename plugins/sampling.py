@@ -24,7 +24,9 @@ def _mean_norm(grad: Tensor) -> Tensor:
 class SGLDParams:
     """JEM's SGLD: ``x <- x - step_size * dE/dx + noise * N(0, I)``, step and noise set independently."""
 
+    #: Multiplier of the energy gradient dE/dx per step (JEM: 1.0).
     step_size: float = 1.0
+    #: Std of the Gaussian noise added per step, in input units (data in [-1, 1]; JEM: 0.01).
     noise: float = 0.01
 
     def __post_init__(self) -> None:
@@ -34,6 +36,8 @@ class SGLDParams:
 
 class SGLD(Transition):
     """JEM-style SGLD with decoupled step size (on the gradient) and noise std (input units)."""
+
+    graph_safe = True
 
     def __init__(self, step_size: float, noise: float) -> None:
         self.step_size = step_size

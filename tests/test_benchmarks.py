@@ -7,6 +7,7 @@ import json
 import math
 import sys
 
+import pytest
 import torch
 
 from conftest import RECIPES, ROOT
@@ -58,10 +59,34 @@ def test_measure_tiny_digits():
     assert "ratio JEM / plain" in table and "K (sampler.steps)" in table
 
 
-def test_measure_levers_covers_every_lever():
+def test_measure_levers_covers_every_lever(tmp_path):
     step_cost = _load_step_cost()
-    results = step_cost.measure_levers(RECIPES / "jem_digits.yaml", TINY, repeats=1, warmup=0, iters=1, threads=1)
+    out = tmp_path / "levers.json"
+    results = step_cost.measure_levers(
+        RECIPES / "jem_digits.yaml", TINY, repeats=1, warmup=0, iters=1, threads=1, json_path=out
+    )
     assert [r["lever"] for r in results] == [label for label, _ in step_cost.LEVERS]
     assert all(r["jem_iteration_ms"] > 0 for r in results)
+    assert [r["lever"] for r in json.loads(out.read_text())] == [r["lever"] for r in results]
     table = step_cost.format_levers(results)
     assert "fused forward" in table and "1.00x" in table
+    projected = step_cost.format_levers(results, epochs=150, train_size=45000)
+    assert "h/150 ep" in projected and "it/s" in projected
+
+
+def test_projection_and_cuda_lever_list():
+    step_cost = _load_step_cost()
+    # 45000 // 64 = 703 iterations per epoch; 150 epochs at 100 ms each = 2.93 hours
+    assert step_cost.projected_hours(100.0, 150, 45000, 64) == pytest.approx(150 * 703 * 0.1 / 3600)
+    assert step_cost.projected_hours(136.5, 150, 45000, 64) == pytest.approx(4.0, rel=0.001)
+    cpu = step_cost.lever_configurations("cpu", with_compile=False)
+    cuda = step_cost.lever_configurations("cuda", with_compile=True)
+    assert cpu == list(step_cost.LEVERS)
+    labels = [label for label, _ in cuda]
+    assert "CUDA graphs (K-step sampler loop)" in labels and labels[-1].startswith("fast + compile")
+    # every CUDA configuration is a valid performance section (no nesting of two graph mechanisms)
+    from jemkit.performance import PerformanceParams
+
+    for _, overrides in cuda:
+        section = {k.split(".")[1]: v for k, v in (o.split("=") for o in overrides) if k.startswith("performance.")}
+        PerformanceParams(**{k: v == "true" if v in ("true", "false") else v for k, v in section.items()})

@@ -129,3 +129,13 @@ def test_unknown_name_in_build_raises_registry_error(plugins):
 def test_override_parse_error_is_recipe_error():
     with pytest.raises(RecipeError):
         load_recipe(RECIPES / "jem_digits.yaml", ["=3"])
+
+
+def test_switching_a_component_by_override_starts_its_section_afresh():
+    from jemkit.config import load_recipe
+
+    cfg = load_recipe(RECIPES / "jem_digits.yaml", ["sampler.transition.name=mala", "sampler.transition.step_size=0.02"])
+    assert dict(cfg.sampler.transition) == {"name": "mala", "step_size": 0.02}  # sgld's noise is gone
+    assert cfg.sampler.init.name == "replay_buffer" and cfg.sampler.init.size == 10000  # siblings untouched
+    same = load_recipe(RECIPES / "jem_digits.yaml", ["sampler.transition.name=sgld", "sampler.transition.noise=0.0"])
+    assert dict(same.sampler.transition) == {"name": "sgld", "step_size": 1.0, "noise": 0.0}  # same name: merged

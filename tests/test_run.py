@@ -37,6 +37,10 @@ def test_tiny_digits_run_writes_the_run_directory(cli, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["status"] == "completed"
     assert 0.0 <= summary["test/acc"] <= 1.0 and summary["wall_seconds"] > 0
+    # one step per record here: the three rates together cannot exceed steps per training second
+    rates = [r["time/it_per_s"] for r in train]
+    assert all(rate > 0 for rate in rates)
+    assert sum(1 / rate for rate in rates) <= summary["wall_seconds"]
     png = out / "samples" / "final.png"
     assert png.stat().st_size > 100 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     state = _final_state(out)
