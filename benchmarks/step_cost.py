@@ -464,11 +464,20 @@ DEVICE_COMPILE_LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def lever_configurations(device: str | None, with_compile: bool) -> list[tuple[str, tuple[str, ...]]]:
-    """The ``--levers`` configurations for a device: CPU ones, then CUDA-only ones, compile last."""
+def lever_configurations(
+    device: str | None, with_compile: bool, only: Sequence[str] = ()
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The ``--levers`` configurations for a device: CPU ones, then CUDA-only ones, compile last.
+
+    ``only`` keeps the configurations whose label contains one of its strings (case-insensitive).
+    """
     levers = list(LEVERS) + ([COMPILE_LEVER] if with_compile else [])
     if device == "cuda":
         levers += list(DEVICE_LEVERS) + (list(DEVICE_COMPILE_LEVERS) if with_compile else [])
+    if only:
+        levers = [lever for lever in levers if any(part.lower() in lever[0].lower() for part in only)]
+    if not levers:
+        raise ValueError(f"no lever configuration matches --only {list(only)}")
     return levers
 
 
@@ -482,6 +491,7 @@ def measure_levers(
     overrides: Sequence[str] = (),
     *,
     with_compile: bool = False,
+    only: Sequence[str] = (),
     json_path: Path | None = None,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
@@ -490,7 +500,7 @@ def measure_levers(
     With ``json_path`` the list so far is rewritten after every configuration, so a run cut short
     (a time limit on a lent GPU) keeps what it measured.
     """
-    levers = lever_configurations(kwargs.get("device"), with_compile)
+    levers = lever_configurations(kwargs.get("device"), with_compile, only)
     # One discarded measurement first: the first build in a process pays one-time costs (lazy
     # kernel initialisation, allocator growth) that would otherwise count against the reference.
     measure(recipe, overrides, **{**kwargs, "repeats": 1, "iters": 1})
@@ -553,6 +563,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json", help="also write the numbers as JSON")
     parser.add_argument("--levers", action="store_true", help="measure every speed lever on and off")
     parser.add_argument("--with-compile", action="store_true", help="with --levers: include torch.compile (slow to build)")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="TEXT",
+        help="with --levers: only configurations whose label contains TEXT (repeatable)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="with --levers: project the hours of this many epochs")
     parser.add_argument(
         "--train-size", type=int, default=None, help="with --epochs: training examples per epoch (CIFAR-10 recipe: 45000)"
@@ -561,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.levers:
         try:
             results = measure_levers(
-                args.recipe, args.overrides, with_compile=args.with_compile, json_path=args.json,
+                args.recipe, args.overrides, with_compile=args.with_compile, only=args.only, json_path=args.json,
                 repeats=args.repeats, warmup=args.warmup, iters=args.iters, device=args.device, threads=args.threads,
             )
         except (JemkitError, ValueError) as exc:
