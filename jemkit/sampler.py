@@ -47,6 +47,82 @@ def model_mode(module: nn.Module, mode: str) -> Iterator[None]:
         module.train(was_training)
 
 
+def graphs_apply(transition: Transition, x: Tensor, steps: int) -> bool:
+    """Whether a K-step loop may replay a CUDA graph: on CUDA, K > 0, a graph-safe transition."""
+    return (
+        x.device.type == "cuda"
+        and steps > 0
+        and getattr(transition, "graph_safe", False)
+        and not callable(getattr(transition, "bind", None))
+    )
+
+
+def chain_loop(
+    model: JointEnergyModel, transition: Transition, x: Tensor, y: Tensor | None, steps: int,
+    track_final_energy: bool = False,
+) -> LoopBody:
+    """The K-step loop on chains ``x`` (read, never written) as a closure, run eagerly or captured."""
+
+    def energy_fn(inputs: Tensor) -> Tensor:
+        return model.energy(inputs, y)
+
+    def body() -> ChainLoopOutput:
+        chains = x
+        energies: list[Tensor] = []
+        grad_norms: list[Tensor] = []
+        accepts: list[Tensor] = []
+        for _ in range(steps):
+            result = transition.step(chains, energy_fn)
+            chains = result.x.detach()
+            energies.append(result.energy.mean())
+            grad_norms.append(result.grad_norm)
+            if result.accept_rate is not None:
+                accepts.append(result.accept_rate)
+        out = ChainLoopOutput(x=chains)
+        if steps:
+            out.first_energy, out.last_energy = energies[0], energies[-1]
+            out.grad_norm = torch.stack(grad_norms).mean()
+            if track_final_energy:
+                with torch.no_grad():
+                    out.last_energy = energy_fn(chains).mean()
+        if accepts:
+            out.accept_rate = torch.stack(accepts).mean()
+        return out
+
+    return body
+
+
+def run_chains(
+    model: JointEnergyModel,
+    transition: Transition,
+    x: Tensor,
+    y: Tensor | None,
+    steps: int,
+    *,
+    mode: str = "eval",
+    freeze_weights: bool = True,
+    track_final_energy: bool = False,
+    graph_cache: ChainGraphCache | None = None,
+) -> ChainLoopOutput:
+    """Advance chains ``x`` by ``steps`` transitions on ``E(x, y)`` (``E(x)`` when ``y`` is None).
+
+    The model is in ``mode`` (``eval``/``train``) and, with ``freeze_weights``, has no weight
+    gradients meanwhile. With a ``graph_cache`` the loop replays a CUDA graph where
+    :func:`graphs_apply` allows it. The returned chains are detached; ``x`` is not modified.
+    """
+    bind = getattr(transition, "bind", None)
+    if callable(bind):  # optional protocol: transitions that need the model (PYLD)
+        bind(model, y)
+    x = x.detach()
+    with model_mode(model, mode), frozen_weights(model, freeze_weights):
+        if graph_cache is not None and graphs_apply(transition, x, steps):
+            key = loop_key(x, y, steps, mode, freeze_weights, track_final_energy)
+            return graph_cache.run(
+                key, model, x, y, lambda xs, ys: chain_loop(model, transition, xs, ys, steps, track_final_energy)
+            )
+        return chain_loop(model, transition, x, y, steps, track_final_energy)()
+
+
 class Sampler:
     """Draws approximate samples of ``p(x) ∝ exp(-E(x))`` (or ``p(x|y)``) from a model."""
 
@@ -91,22 +167,14 @@ class Sampler:
         device = device or next(model.parameters()).device
         if y is not None:
             y = y.to(device)
-        bind = getattr(self.transition, "bind", None)
-        if callable(bind):  # optional protocol: transitions that need the model (PYLD)
-            bind(model, y)
         start = self.init.start(n, y, device)
-        x = start.x
-        steps = self.steps if steps is None else steps
-
-        with model_mode(model, self.model_mode), frozen_weights(model, self.freeze_weights):
-            if self._graphs_apply(x, steps):
-                key = loop_key(x, y, steps, self.model_mode, self.freeze_weights)
-                out = self.graph_cache.run(key, model, x, y, lambda xs, ys: self._loop_body(model, xs, ys, steps))
-            else:
-                out = self._loop_body(model, x, y, steps)()
-        x = out.x
+        out = run_chains(
+            model, self.transition, start.x, y, self.steps if steps is None else steps,
+            mode=self.model_mode, freeze_weights=self.freeze_weights, track_final_energy=self.track_final_energy,
+            graph_cache=self.graph_cache if self.cuda_graphs else None,
+        )
         if persist:
-            self.init.finish(start, x)
+            self.init.finish(start, out.x)
         diagnostics = {"reinit_fraction": float(start.reinit_fraction)}
         if out.first_energy is not None and out.last_energy is not None:
             diagnostics["energy_start"] = float(out.first_energy)
@@ -116,48 +184,7 @@ class Sampler:
         if out.accept_rate is not None:
             diagnostics["accept_rate"] = float(out.accept_rate)
         self.last_diagnostics = diagnostics
-        return x.detach()
-
-    def _graphs_apply(self, x: Tensor, steps: int) -> bool:
-        """Whether this call replays a CUDA graph: enabled, on CUDA, K > 0, graph-safe transition."""
-        return (
-            self.cuda_graphs
-            and x.device.type == "cuda"
-            and steps > 0
-            and getattr(self.transition, "graph_safe", False)
-            and not callable(getattr(self.transition, "bind", None))
-        )
-
-    def _loop_body(self, model: JointEnergyModel, x: Tensor, y: Tensor | None, steps: int) -> LoopBody:
-        """The K-step loop on chains ``x`` (read, never written) as a closure, eager or captured."""
-
-        def energy_fn(inputs: Tensor) -> Tensor:
-            return model.energy(inputs, y)
-
-        def body() -> ChainLoopOutput:
-            chains = x
-            energies: list[Tensor] = []
-            grad_norms: list[Tensor] = []
-            accepts: list[Tensor] = []
-            for _ in range(steps):
-                result = self.transition.step(chains, energy_fn)
-                chains = result.x.detach()
-                energies.append(result.energy.mean())
-                grad_norms.append(result.grad_norm)
-                if result.accept_rate is not None:
-                    accepts.append(result.accept_rate)
-            out = ChainLoopOutput(x=chains)
-            if steps:
-                out.first_energy, out.last_energy = energies[0], energies[-1]
-                out.grad_norm = torch.stack(grad_norms).mean()
-                if self.track_final_energy:
-                    with torch.no_grad():
-                        out.last_energy = energy_fn(chains).mean()
-            if accepts:
-                out.accept_rate = torch.stack(accepts).mean()
-            return out
-
-        return body
+        return out.x.detach()
 
     def state_dict(self) -> dict[str, Tensor]:
         """The initialiser's state (a replay buffer), for checkpoints."""

@@ -9,9 +9,12 @@ graphed path returns what the eager path returns.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
+import jemkit.sampler
 from jemkit.chain_graphs import ChainGraphCache, ChainLoopOutput, LoopBody, loop_key
 from jemkit.config import load_recipe
 from jemkit.performance import PerformanceParams
@@ -49,15 +52,20 @@ def _model(tmp_path):
     return Trainer(PLUGINS, load_recipe(RECIPES / "jem_digits.yaml", overrides), tmp_path).model
 
 
+@pytest.fixture
+def cpu_as_cuda(monkeypatch):
+    """Graph-safe transitions take the graphed path on CPU (the real rule asks for CUDA)."""
+    monkeypatch.setattr(jemkit.sampler, "graphs_apply", lambda transition, x, steps: steps > 0 and transition.graph_safe)
+
+
 def _graphed_sampler(transition=None, steps: int = 4) -> Sampler:
     """A sampler that takes the graphed path on CPU, with the eager stand-in capture."""
     sampler = Sampler(UniformNoise((1, 8, 8)), transition or SGLD(1.0, 0.0), steps=steps, cuda_graphs=True)
     sampler.graph_cache = ChainGraphCache(capture=eager_capture)
-    sampler._graphs_apply = lambda x, steps: steps > 0  # CPU stands in for CUDA
     return sampler
 
 
-def test_graphed_loop_returns_what_the_eager_loop_returns(tmp_path):
+def test_graphed_loop_returns_what_the_eager_loop_returns(tmp_path, cpu_as_cuda):
     model = _model(tmp_path)
     eager = Sampler(UniformNoise((1, 8, 8)), SGLD(1.0, 0.0), steps=4)
     graphed = _graphed_sampler()
@@ -74,7 +82,7 @@ def test_graphed_loop_returns_what_the_eager_loop_returns(tmp_path):
     assert eager.last_diagnostics["energy_end"] < eager.last_diagnostics["energy_start"]
 
 
-def test_one_capture_per_shape_and_results_are_not_overwritten(tmp_path):
+def test_one_capture_per_shape_and_results_are_not_overwritten(tmp_path, cpu_as_cuda):
     model = _model(tmp_path)
     sampler = _graphed_sampler()
     first = sampler.sample(model, 6)
@@ -91,7 +99,7 @@ def test_one_capture_per_shape_and_results_are_not_overwritten(tmp_path):
     assert sampler.graph_cache.captures == 4
 
 
-def test_labels_are_copied_into_the_static_buffer(tmp_path):
+def test_labels_are_copied_into_the_static_buffer(tmp_path, cpu_as_cuda):
     model = _model(tmp_path)
     eager = Sampler(UniformNoise((1, 8, 8)), SGLD(1.0, 0.0), steps=3)
     graphed = _graphed_sampler(steps=3)
@@ -103,7 +111,7 @@ def test_labels_are_copied_into_the_static_buffer(tmp_path):
     assert torch.allclose(graphed.sample(model, 4, y), expected, atol=1e-6)
 
 
-def test_moved_weights_trigger_a_fresh_capture(tmp_path):
+def test_moved_weights_trigger_a_fresh_capture(tmp_path, cpu_as_cuda):
     model = _model(tmp_path)
     sampler = _graphed_sampler()
     sampler.sample(model, 4)
@@ -138,13 +146,25 @@ def test_cpu_runs_stay_eager_even_when_enabled(tmp_path):
     assert sampler.graph_cache.captures == 0 and not sampler.graph_cache.graphs
 
 
-def test_transitions_that_are_not_graph_safe_stay_eager(tmp_path):
+def test_transitions_that_are_not_graph_safe_stay_eager(tmp_path, cpu_as_cuda):
     model = _model(tmp_path)
     sampler = Sampler(UniformNoise((1, 8, 8)), MALA(0.01), steps=2, cuda_graphs=True)
-    assert not sampler._graphs_apply(torch.zeros(1, device="meta"), 2)
+    sampler.graph_cache = ChainGraphCache(capture=eager_capture)
     assert not MALA.graph_safe and SGLD.graph_safe
     sampler.sample(model, 3)
     assert sampler.graph_cache.captures == 0
+
+
+def test_the_device_rule_needs_cuda_k_steps_and_a_graph_safe_transition():
+    on_cuda = SimpleNamespace(device=SimpleNamespace(type="cuda"))  # graphs_apply reads x.device.type only
+    rule = jemkit.sampler.graphs_apply
+    assert rule(SGLD(1.0, 0.0), on_cuda, 3)
+    assert not rule(SGLD(1.0, 0.0), torch.zeros(2), 3)  # CPU
+    assert not rule(SGLD(1.0, 0.0), on_cuda, 0)  # nothing to capture
+    assert not rule(MALA(0.01), on_cuda, 3)  # keeps state between steps
+    bound = SGLD(1.0, 0.0)
+    bound.bind = lambda model, y: None  # transitions that bind the model per call (PYLD) stay eager
+    assert not rule(bound, on_cuda, 3)
 
 
 def test_recipe_switches_cuda_graphs_on_for_the_training_sampler(tmp_path):

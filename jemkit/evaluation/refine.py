@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from jemkit.contracts import JointEnergyModel, Transition
-from jemkit.sampler import frozen_weights, model_mode
+from jemkit.sampler import model_mode, run_chains
 
 #: Ways an attack differentiates through the defence's refinement.
 ATTACKS: tuple[str, ...] = ("end_to_end", "bpda")
@@ -30,16 +30,7 @@ ATTACKS: tuple[str, ...] = ("end_to_end", "bpda")
 
 def refine(model: JointEnergyModel, x: Tensor, transition: Transition, steps: int, mode: str = "eval") -> Tensor:
     """``x`` after ``steps`` transitions on ``E(x)`` (model in ``mode`` meanwhile); detached."""
-    x = x.detach()
-    if steps <= 0:
-        return x
-    bind = getattr(transition, "bind", None)
-    if callable(bind):  # the Transition protocol's optional hook for transitions that need the model
-        bind(model, None)
-    with model_mode(model, mode), frozen_weights(model):
-        for _ in range(steps):
-            x = transition.step(x, model.energy).x.detach()
-    return x
+    return run_chains(model, transition, x, None, max(steps, 0), mode=mode).x
 
 
 def sgld_refine_differentiable(
