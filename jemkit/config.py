@@ -50,6 +50,9 @@ class TrainParams:
     samples_per_class: int = 10
     #: Extra transition steps for the final sample grid, on top of the sampler's own steps.
     sample_extra_steps: int = 0
+    #: DataLoader worker processes preparing training batches (augmentation off the main process).
+    #: At most the usable CPU cores. The batches do not depend on it: each item is augmented under
+    #: its own seed.
     num_workers: int = 0
     #: Evaluate on the validation split instead of the test split during training.
     eval_on_val: bool = False
@@ -72,6 +75,8 @@ class TrainParams:
             raise ValueError(f"best_mode must be 'max' or 'min', got {self.best_mode!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be at least 1, got {self.keep_checkpoints}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be 0 (load in the main process) or more, got {self.num_workers}")
 
 
 @dataclass

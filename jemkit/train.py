@@ -54,6 +54,7 @@ from jemkit.distributed import (
     local_slice,
     mean_over_ranks,
 )
+from jemkit.item_seeds import SeededItems
 from jemkit.performance import autocast, prepare_input
 from jemkit.errors import CheckpointError, DivergenceError, JemkitError
 from jemkit.guard import DivergenceTrip, Trip, check_step
@@ -269,8 +270,10 @@ class Trainer:
     def _loader(self, epoch: int) -> DataLoader:
         """Training batches of ``epoch`` from batch ``batch_in_epoch`` on.
 
-        The order depends only on (seed, epoch) and never touches the global RNGs, so a run resumed
-        mid-epoch sees exactly the batches the uninterrupted run would have seen.
+        The order depends only on (seed, epoch) and the augmentation of each item only on (seed,
+        epoch, index) (:class:`~jemkit.item_seeds.SeededItems`); neither touches the global RNGs. A
+        run resumed mid-epoch therefore sees exactly the batches the uninterrupted run would have
+        seen, with any number of loader workers.
         """
         p = self.params
         generator = torch.Generator()
@@ -280,10 +283,10 @@ class Trainer:
         batches = order[: steps * p.batch_size].view(steps, p.batch_size)[self.batch_in_epoch :].tolist()
         batches = [local_slice(batch, self.dist) for batch in batches]
         return DataLoader(
-            self.experiment.data.train,
+            SeededItems(self.experiment.data.train, self.experiment.context.seed, epoch),
             batch_sampler=batches,
             generator=generator,
-            num_workers=p.num_workers,
+            num_workers=min(p.num_workers, usable_cpus()),
             pin_memory=self.device.type == "cuda",
         )
 
@@ -600,6 +603,13 @@ class Trainer:
         if self.dist.is_main:
             truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
         return latest
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def _status_text(record: dict[str, float], last_eval: dict[str, float]) -> str:
