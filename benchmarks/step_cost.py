@@ -300,7 +300,7 @@ def _measure(
         # the whole sampler call: K transitions plus chain initialisation and diagnostics.
         def sampler_call() -> None:
             sampler.sample(model, n, y=y, persist=False)
-            sampler.last_diagnostics = {}
+            sampler.clear_diagnostics()
 
         # (d) the update: the loss's forward + backward on data plus the recorded negatives, no step.
         stand_in = _RecordedNegatives(sampler.steps, [x for _, _, x in calls] or [batch.x])

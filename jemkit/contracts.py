@@ -120,7 +120,7 @@ class ChainStart:
     #: Initialiser-private bookkeeping, e.g. replay-buffer slot indices.
     slots: Any = None
     #: Fraction of chains started from fresh noise rather than from memory, in [0, 1].
-    reinit_fraction: float = 1.0
+    reinit_fraction: float | Tensor = 1.0
 
 
 class ChainInit(abc.ABC):

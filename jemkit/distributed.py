@@ -51,6 +51,10 @@ def initialise(info: DistInfo, device: torch.device) -> None:
     if not info.enabled or dist.is_initialized():
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        # Before any collective: NCCL's object collectives (broadcast_object_list, used for the run
+        # directory right after joining) run on the current device, which must be this rank's GPU.
+        torch.cuda.set_device(info.local_rank)
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
 
 
@@ -65,12 +69,19 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def mean_over_ranks(values: dict[str, Tensor], info: DistInfo) -> dict[str, Tensor]:
-    """Average every 0-dim tensor of ``values`` across ranks (one collective for all)."""
+def mean_over_ranks(
+    values: dict[str, Tensor], info: DistInfo, device: torch.device | None = None
+) -> dict[str, Tensor]:
+    """Average every 0-dim tensor of ``values`` across ranks (one collective for all).
+
+    The values may live on different devices (a replay buffer's statistics on the CPU, losses on
+    the GPU); they are gathered on ``device`` (the training device: CUDA for NCCL).
+    """
     if not info.enabled or not values:
         return values
     keys = sorted(values)
-    stacked = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    device = device or values[keys[0]].device
+    stacked = torch.stack([values[k].detach().float().reshape(()).to(device) for k in keys])
     dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
     stacked /= info.world_size
     return {k: stacked[i] for i, k in enumerate(keys)}

@@ -146,8 +146,18 @@ class Sampler:
         #: Replay the K-step loop as a CUDA graph on CUDA devices (graph-safe transitions only).
         self.cuda_graphs = cuda_graphs
         self.graph_cache = ChainGraphCache()
-        #: Diagnostics of the latest call (plain floats), logged under ``sampler/``.
-        self.last_diagnostics: dict[str, float] = {}
+        #: Diagnostics of the latest call as 0-dim tensors on the chains' device, logged under
+        #: ``sampler/``. Kept as tensors so that sampling never waits for the device.
+        self.last_diagnostic_tensors: dict[str, Tensor] = {}
+
+    @property
+    def last_diagnostics(self) -> dict[str, float]:
+        """Diagnostics of the latest call as plain floats (reading them waits for the device)."""
+        return {key: float(value) for key, value in self.last_diagnostic_tensors.items()}
+
+    def clear_diagnostics(self) -> None:
+        """Forget the latest call's diagnostics (after a call that is not part of training)."""
+        self.last_diagnostic_tensors = {}
 
     def sample(
         self,
@@ -175,15 +185,15 @@ class Sampler:
         )
         if persist:
             self.init.finish(start, out.x)
-        diagnostics = {"reinit_fraction": float(start.reinit_fraction)}
+        diagnostics = {"reinit_fraction": torch.as_tensor(start.reinit_fraction, dtype=torch.float32)}
         if out.first_energy is not None and out.last_energy is not None:
-            diagnostics["energy_start"] = float(out.first_energy)
-            diagnostics["energy_end"] = float(out.last_energy)
+            diagnostics["energy_start"] = out.first_energy.detach()
+            diagnostics["energy_end"] = out.last_energy.detach()
         if out.grad_norm is not None:
-            diagnostics["grad_norm"] = float(out.grad_norm)
+            diagnostics["grad_norm"] = out.grad_norm.detach()
         if out.accept_rate is not None:
-            diagnostics["accept_rate"] = float(out.accept_rate)
-        self.last_diagnostics = diagnostics
+            diagnostics["accept_rate"] = out.accept_rate.detach()
+        self.last_diagnostic_tensors = diagnostics
         return out.x.detach()
 
     def state_dict(self) -> dict[str, Tensor]:

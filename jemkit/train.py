@@ -313,9 +313,11 @@ class Trainer:
         with autocast(self.device, e.performance):
             output = e.loss(model, batch, sampler)
         loss = output.loss
-        self._check(loss, output.metrics)
         e.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # The guard reads the loss on the host only now, with the backward pass already queued, so
+        # the device never idles waiting for the host; a trip still comes before any weight update.
+        self._check(loss, output.metrics)
         if closure_needed:
             # SAM-style optimisers re-evaluate the loss at perturbed weights, on the same negatives.
             def closure() -> Tensor:
@@ -330,8 +332,8 @@ class Trainer:
             e.optimizer.step()
         e.schedule.step()
         metrics = dict(output.metrics)
-        for key, value in e.sampler.last_diagnostics.items() if e.loss.needs_sampler else ():
-            metrics[f"sampler/{key}"] = torch.tensor(value)
+        for key, value in e.sampler.last_diagnostic_tensors.items() if e.loss.needs_sampler else ():
+            metrics[f"sampler/{key}"] = value
         return metrics
 
     def _check(self, loss: Tensor, metrics: dict[str, Tensor]) -> None:
@@ -406,7 +408,7 @@ class Trainer:
     def _flush_train_metrics(self) -> dict[str, float]:
         if not self._train_count:
             return {}
-        sums = mean_over_ranks(self._train_sums, self.dist)
+        sums = mean_over_ranks(self._train_sums, self.dist, self.device)
         averaged = {f"train/{k}" if "/" not in k else k: float(v) / self._train_count for k, v in sums.items()}
         self._train_sums, self._train_count = {}, 0
         if "train/energy_data" in averaged and "train/energy_samples" in averaged:
@@ -447,7 +449,7 @@ class Trainer:
         y = torch.arange(context.num_classes, device=self.device).repeat_interleave(per_class)
         with preserved_rng():
             x = self.sampler.sample(self.model, y.numel(), y=y, steps=self.sampler.steps + extra_steps, persist=False)
-        self.sampler.last_diagnostics = {}
+        self.sampler.clear_diagnostics()
         return save_sample_grid(x, self.sample_dir / f"{name}.png", nrow=per_class)
 
     # ------------------------------------------------------------------ signals

@@ -173,7 +173,8 @@ class ReplayBuffer(ChainInit):
         fresh = self.noise.noise(n, self.buffer.device)
         mask = reinit.view(n, *([1] * (stored.dim() - 1)))
         x = torch.where(mask, fresh, stored).to(device)
-        return ChainStart(x=x, slots=slots, reinit_fraction=float(reinit.float().mean()) if n else 0.0)
+        # a 0-dim tensor, not a float: reading it would wait for the device before every sampler call
+        return ChainStart(x=x, slots=slots, reinit_fraction=reinit.float().mean() if n else 0.0)
 
     def finish(self, start: ChainStart, x_final: Tensor) -> None:
         self.buffer[start.slots] = x_final.detach().to(self.buffer.device, self.buffer.dtype)

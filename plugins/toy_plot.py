@@ -99,7 +99,7 @@ def jemkit_run_end(run: Any, summary: dict[str, Any]) -> None:
     try:
         steps = run.sampler.steps + run.params.sample_extra_steps
         samples = run.sampler.sample(run.model, PLOT_SAMPLES, steps=steps, persist=False)
-        run.sampler.last_diagnostics = {}
+        run.sampler.clear_diagnostics()
         data = training_inputs(run.experiment.data.train, PLOT_DATA)
         name = str(run.cfg.get("name", ""))
         save_density_plot(Path(run.run_dir) / "samples" / DENSITY_FILE, run.model, data, samples, title=name)

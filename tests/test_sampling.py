@@ -139,6 +139,12 @@ def test_sampler_class_conditional_moves_to_class_mode_and_freezes_weights():
     assert all(p.requires_grad for p in model.parameters()), "weights are unfrozen afterwards"
     d = sampler.last_diagnostics
     assert d["energy_end"] < d["energy_start"] and d["reinit_fraction"] == 1.0
+    # kept as 0-dim tensors (no wait for the device inside a sampler call); floats on demand
+    tensors = sampler.last_diagnostic_tensors
+    assert set(tensors) == set(d) and all(isinstance(t, torch.Tensor) and t.dim() == 0 for t in tensors.values())
+    assert all(float(tensors[k]) == v for k, v in d.items())
+    sampler.clear_diagnostics()
+    assert sampler.last_diagnostics == {}
 
 
 def test_frozen_weights_restores_requires_grad():
