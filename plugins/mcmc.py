@@ -81,6 +81,31 @@ class MALAParams:
             raise ValueError(f"step_size must be positive, got {self.step_size}")
 
 
+def _metropolis(
+    cache: _GradientCache,
+    energy_fn: EnergyFn,
+    x: Tensor,
+    proposal: Tensor,
+    log_alpha: Tensor,
+    energies: tuple[Tensor, Tensor],
+    grads: tuple[Tensor, Tensor],
+) -> StepResult:
+    """Move each chain to ``proposal`` with probability ``min(1, exp(log_alpha))``.
+
+    ``energies`` and ``grads`` are (current, proposed). A NaN or ``-inf`` ``log_alpha`` (from NaN or
+    infinite proposal energies) rejects. The kept energies and gradients go to ``cache`` for the
+    next step, which then needs no extra forward and backward pass at its start.
+    """
+    (energy, energy_p), (grad, grad_p) = energies, grads
+    accept = torch.log(torch.rand_like(energy)) < log_alpha
+    mask = _broadcast_chains(accept, x)
+    x_new = torch.where(mask, proposal, x)
+    cache.store(energy_fn, x_new, torch.where(accept, energy_p, energy), torch.where(mask, grad_p, grad))
+    return StepResult(
+        x=x_new, energy=energy, grad_norm=grad.flatten(1).norm(dim=1).mean(), accept_rate=accept.float().mean()
+    )
+
+
 class MALA(Transition):
     """Langevin proposal plus a per-chain Metropolis-Hastings test with the asymmetric proposal ratio.
 
@@ -103,19 +128,7 @@ class MALA(Transition):
         log_q_forward = -0.5 * _per_chain(noise.pow(2))
         log_q_reverse = -_per_chain((x - proposal + eps * grad_p).pow(2)) / (4.0 * eps)
         log_alpha = energy - energy_p + log_q_reverse - log_q_forward
-        # NaN or infinite proposal energies give a NaN/-inf log_alpha: rejected.
-        accept = torch.log(torch.rand_like(energy)) < log_alpha
-        mask = _broadcast_chains(accept, x)
-        x_new = torch.where(mask, proposal, x)
-        self._cache.store(
-            energy_fn, x_new, torch.where(accept, energy_p, energy), torch.where(mask, grad_p, grad)
-        )
-        return StepResult(
-            x=x_new,
-            energy=energy,
-            grad_norm=grad.flatten(1).norm(dim=1).mean(),
-            accept_rate=accept.float().mean(),
-        )
+        return _metropolis(self._cache, energy_fn, x, proposal, log_alpha, (energy, energy_p), (grad, grad_p))
 
 
 def build_mala(params: MALAParams, context: BuildContext) -> MALA:
@@ -187,18 +200,7 @@ class HMC(Transition):
         kinetic_end = _per_chain(p.pow(2)) / (2.0 * m)
 
         log_alpha = (energy + kinetic_start) - (energy_end + kinetic_end)
-        accept = torch.log(torch.rand_like(energy)) < log_alpha
-        mask = _broadcast_chains(accept, x)
-        x_new = torch.where(mask, position, x)
-        self._cache.store(
-            energy_fn, x_new, torch.where(accept, energy_end, energy), torch.where(mask, grad_end, grad)
-        )
-        return StepResult(
-            x=x_new,
-            energy=energy,
-            grad_norm=grad.flatten(1).norm(dim=1).mean(),
-            accept_rate=accept.float().mean(),
-        )
+        return _metropolis(self._cache, energy_fn, x, position, log_alpha, (energy, energy_end), (grad, grad_end))
 
 
 def build_hmc(params: HMCParams, context: BuildContext) -> HMC:
