@@ -250,13 +250,7 @@ def test_sadajem_digits_uses_sam_over_the_recorded_negatives(plugins, tmp_path):
 # --------------------------------------------------------------------------- full runs (slow)
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two spinning OpenMP threads can slow a step 40x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# one_thread (conftest): on a busy 2-core machine two spinning OpenMP threads can slow a step 40x.
 
 
 @pytest.mark.slow
