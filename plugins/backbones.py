@@ -75,10 +75,15 @@ def _check_dropout(dropout: float) -> None:
 class WideResNetParams:
     """Wide-ResNet size and regularisation (JEM default: WRN-28-10, no norm, no dropout)."""
 
+    #: Layers, 6n+4 (10, 16, 22, 28, ...): n pre-activation blocks in each of the 3 groups.
     depth: int = 28
+    #: Channel multiplier: groups of 16k, 32k and 64k channels (features: 64 * widen_factor).
     widen_factor: int = 10
+    #: Normalisation: none (JEM), batch (JEM++), group or layer (see NORMS).
     norm: str = "none"
+    #: Dropout probability between the two convolutions of a block.
     dropout: float = 0.0
+    #: Negative slope of the LeakyReLU activations (JEM: 0.2).
     leak: float = 0.2
 
     def __post_init__(self) -> None:

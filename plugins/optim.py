@@ -17,9 +17,13 @@ from jemkit.contracts import BuildContext
 class AdamParams:
     """Adam (JEM: lr 1e-4, no weight decay)."""
 
+    #: Learning rate (the schedule scales it).
     lr: float = 1.0e-4
+    #: Decay rates of the first and second moment estimates.
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    #: Added to the denominator for numerical stability.
     eps: float = 1.0e-8
+    #: L2 penalty added to the gradient (Adam, not decoupled AdamW).
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
@@ -33,9 +37,12 @@ class AdamParams:
 class SGDParams:
     """SGD with momentum (JEM++: lr 0.1, weight decay 4e-4)."""
 
+    #: Learning rate (the schedule scales it).
     lr: float = 0.1
     momentum: float = 0.9
+    #: L2 penalty added to the gradient.
     weight_decay: float = 0.0
+    #: Nesterov momentum.
     nesterov: bool = False
 
     def __post_init__(self) -> None:
@@ -61,9 +68,11 @@ def build_sgd(params: SGDParams, context: BuildContext, parameters: Iterable[tor
 class WarmupMultiStepParams:
     """Linear warm-up over ``warmup_steps`` iterations, then LR x ``gamma`` at each milestone epoch."""
 
+    #: Iterations of linear warm-up from 0 to the optimiser's LR (JEM: 1000).
     warmup_steps: int = 0
     #: Epochs (not iterations) at which the LR is multiplied by ``gamma``.
     milestones: list[int] = field(default_factory=list)
+    #: LR factor at each milestone (JEM: 0.3).
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
