@@ -79,7 +79,7 @@ class WideResNetParams:
     depth: int = 28
     #: Channel multiplier: groups of 16k, 32k and 64k channels (features: 64 * widen_factor).
     widen_factor: int = 10
-    #: Normalisation: none (JEM), batch (JEM++), group or layer (see NORMS).
+    #: Normalisation: none (JEM), batch (JEM++), group, layer or instance.
     norm: str = "none"
     #: Dropout probability between the two convolutions of a block.
     dropout: float = 0.0
