@@ -19,6 +19,8 @@ What a replay may rely on, and how this module keeps it true:
   noise, but not the numbers an eager run with the same seed would draw.
 * Autocast's weight cache would hand the graph casts that are freed after capture, so capture
   and warm-up run with the cache off.
+* Python numbers a transition uses (step size, noise) are baked into the graph at capture; code
+  that changes them during a run must call ``sampler.graph_cache.clear()``.
 """
 
 from __future__ import annotations
@@ -78,7 +80,12 @@ def capture_cuda_graph(body: LoopBody) -> tuple[torch.cuda.CUDAGraph, ChainLoopO
         body()  # lazy initialisation (cuBLAS/cuDNN handles, autograd device threads) outside capture
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
+    # thread_local: the DataLoader's pin-memory thread keeps calling CUDA during the capture; in the
+    # default ("global") mode its host allocations would abort the capture.
+    with (
+        torch.cuda.graph(graph, capture_error_mode="thread_local"),
+        torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False),
+    ):
         outputs = body()
     return graph, outputs
 
