@@ -122,12 +122,15 @@ class ChainGraphCache:
 
     The key is built by the caller (shapes, dtypes, memory format, K, model mode, frozen weights,
     autocast); the cache adds the model's identity and weight addresses, and drops every graph
-    when those change.
+    when those change. A loop is captured the second time its key comes up: a one-off call (a
+    sample grid with extra steps) runs eagerly instead of paying for a warm-up, a capture and a
+    graph memory pool it would never reuse.
     """
 
     def __init__(self, capture: CaptureFn = capture_cuda_graph) -> None:
         self.capture = capture
         self.graphs: dict[Hashable, GraphedLoop] = {}
+        self._seen: set[Hashable] = set()
         self._model_state: tuple[int, tuple[int, ...]] | None = None
         #: Number of captures so far (each costs one warm-up loop and the capture itself).
         self.captures = 0
@@ -140,13 +143,16 @@ class ChainGraphCache:
         y: Tensor | None,
         make_body: Callable[[Tensor, Tensor | None], LoopBody],
     ) -> ChainLoopOutput:
-        """Replay the loop captured for ``key`` (capturing it on first use) on ``x`` and ``y``."""
+        """Run the loop for ``key`` on ``x`` and ``y``: eagerly the first time, then from its graph."""
         state = (id(model), storage_addresses(model))
         if state != self._model_state:
             self.graphs.clear()
             self._model_state = state
         graphed = self.graphs.get(key)
         if graphed is None:
+            if key not in self._seen:
+                self._seen.add(key)
+                return make_body(x, y)()
             graphed = GraphedLoop(x, y, make_body, self.capture)
             self.graphs[key] = graphed
             self.captures += 1
@@ -155,6 +161,7 @@ class ChainGraphCache:
     def clear(self) -> None:
         """Forget every captured graph (their memory pools are released with them)."""
         self.graphs.clear()
+        self._seen.clear()
         self._model_state = None
 
 

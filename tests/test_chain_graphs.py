@@ -70,7 +70,7 @@ def test_graphed_loop_returns_what_the_eager_loop_returns(tmp_path, cpu_as_cuda)
     eager = Sampler(UniformNoise((1, 8, 8)), SGLD(1.0, 0.0), steps=4)
     graphed = _graphed_sampler()
     y = torch.arange(6) % 10
-    for labels in (None, y):
+    for labels in (None, y, None, y):  # the second call of a shape is captured and replayed
         torch.manual_seed(7)
         expected = eager.sample(model, 6, labels)
         torch.manual_seed(7)
@@ -78,22 +78,27 @@ def test_graphed_loop_returns_what_the_eager_loop_returns(tmp_path, cpu_as_cuda)
         assert torch.allclose(got, expected, atol=1e-6)
         assert graphed.last_diagnostics == pytest.approx(eager.last_diagnostics, rel=1e-6)
         assert set(graphed.last_diagnostics) == {"reinit_fraction", "energy_start", "energy_end", "grad_norm"}
+    assert graphed.graph_cache.captures == 2
+    assert all(g.graph.replays == 1 for g in graphed.graph_cache.graphs.values())
     # the chains moved downhill in energy, so the comparison is not between two no-ops
     assert eager.last_diagnostics["energy_end"] < eager.last_diagnostics["energy_start"]
 
 
-def test_one_capture_per_shape_and_results_are_not_overwritten(tmp_path, cpu_as_cuda):
+def test_one_capture_per_shape_on_its_second_call_and_results_are_not_overwritten(tmp_path, cpu_as_cuda):
     model = _model(tmp_path)
     sampler = _graphed_sampler()
+    sampler.sample(model, 6)
+    assert sampler.graph_cache.captures == 0, "a one-off call runs eagerly"
     first = sampler.sample(model, 6)
     kept = first.clone()
     second = sampler.sample(model, 6)
     assert sampler.graph_cache.captures == 1
     assert torch.equal(first, kept), "a later replay overwrote the result of an earlier call"
     assert not torch.equal(first, second)
-    sampler.sample(model, 5)  # another batch size
-    sampler.sample(model, 6, torch.zeros(6, dtype=torch.long))  # conditional chains: E(x, y)
-    sampler.sample(model, 6, steps=2)  # another K
+    for _ in range(2):
+        sampler.sample(model, 5)  # another batch size
+        sampler.sample(model, 6, torch.zeros(6, dtype=torch.long))  # conditional chains: E(x, y)
+        sampler.sample(model, 6, steps=2)  # another K
     assert sampler.graph_cache.captures == 4
     sampler.sample(model, 6, torch.ones(6, dtype=torch.long))  # new labels, same shapes: replay
     assert sampler.graph_cache.captures == 4
@@ -103,17 +108,20 @@ def test_labels_are_copied_into_the_static_buffer(tmp_path, cpu_as_cuda):
     model = _model(tmp_path)
     eager = Sampler(UniformNoise((1, 8, 8)), SGLD(1.0, 0.0), steps=3)
     graphed = _graphed_sampler(steps=3)
-    graphed.sample(model, 4, torch.zeros(4, dtype=torch.long))
+    for _ in range(2):
+        graphed.sample(model, 4, torch.zeros(4, dtype=torch.long))  # captured with labels 0
     y = torch.tensor([3, 1, 4, 1])
     torch.manual_seed(2)
     expected = eager.sample(model, 4, y)
     torch.manual_seed(2)
     assert torch.allclose(graphed.sample(model, 4, y), expected, atol=1e-6)
+    assert graphed.graph_cache.captures == 1
 
 
 def test_moved_weights_trigger_a_fresh_capture(tmp_path, cpu_as_cuda):
     model = _model(tmp_path)
     sampler = _graphed_sampler()
+    sampler.sample(model, 4)
     sampler.sample(model, 4)
     with torch.no_grad():  # an optimiser step: in place, the graph sees it without recapture
         for p in model.parameters():

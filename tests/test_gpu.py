@@ -53,7 +53,7 @@ def test_cuda_graph_replay_matches_the_eager_loop(tmp_path):
     model = _cuda_model(tmp_path)
     eager, graphed = _pair()
     y = torch.arange(32, device="cuda") % 10
-    for labels in (None, y, None, y):
+    for labels in (None, y, None, y, None, y):  # eager, eager, capture + replay, ..., replay
         torch.manual_seed(5)
         expected = eager.sample(model, 32, labels)
         torch.manual_seed(5)
@@ -68,6 +68,7 @@ def test_replays_see_in_place_weight_updates(tmp_path):
     model = _cuda_model(tmp_path)
     eager, graphed = _pair()
     graphed.sample(model, 16)
+    graphed.sample(model, 16)  # captured here
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     model.energy(torch.rand(16, 1, 8, 8, device="cuda")).sum().backward()
     optimizer.step()  # in place, as every training step
@@ -84,7 +85,8 @@ def test_graphed_noise_is_fresh_and_of_the_right_scale(tmp_path):
     noise, steps = 0.1, 8
     sampler = Sampler(UniformNoise((1, 8, 8)), SGLD(0.0, noise), steps=steps, cuda_graphs=True)
     torch.manual_seed(1)
-    sampler.sample(model, 512)  # capture
+    sampler.sample(model, 512)  # eager
+    sampler.sample(model, 512)  # capture and first replay
     first = sampler.sample(model, 512)
     second = sampler.sample(model, 512)
     # step_size 0: x_K = x_0 + noise * (sum of K normals), x_0 ~ U(-1, 1); two independent calls differ
@@ -100,9 +102,11 @@ def test_graphed_loop_under_bf16_autocast_stays_close_to_eager_fp32(tmp_path):
     eager, graphed = _pair()
     torch.manual_seed(3)
     expected = eager.sample(model, 64)
-    torch.manual_seed(3)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        got = graphed.sample(model, 64)
+        graphed.sample(model, 64)  # eager, under autocast
+        torch.manual_seed(3)
+        got = graphed.sample(model, 64)  # captured under autocast (its cache off), replayed
+    assert graphed.graph_cache.captures == 1
     assert got.dtype == torch.float32
     assert (got - expected).abs().mean() < 0.02 * expected.abs().mean()
 
@@ -116,7 +120,9 @@ def test_train_mode_batch_norm_statistics_update_in_replays(tmp_path):
     graphed = Sampler(UniformNoise((3, 32, 32)), SGLD(1.0, 0.0), steps=3, model_mode="train", cuda_graphs=True)
     stats = [b for name, b in model.named_buffers() if name.endswith("running_mean")]
     assert stats
-    graphed.sample(model, 8)  # capture
+    graphed.sample(model, 8)  # eager
+    graphed.sample(model, 8)  # capture and first replay
+    assert graphed.graph_cache.captures == 1
     before = [s.clone() for s in stats]
     torch.manual_seed(4)
     got = graphed.sample(model, 8)
