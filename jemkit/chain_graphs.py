@@ -121,8 +121,8 @@ class ChainGraphCache:
     """Captured loops of one sampler, keyed by everything that changes the kernels launched.
 
     The key is built by the caller (shapes, dtypes, memory format, K, model mode, frozen weights,
-    autocast); the cache adds the model's identity and weight addresses, and drops every graph
-    when those change. A loop is captured the second time its key comes up: a one-off call (a
+    autocast); the cache checks the addresses of the model's weights and buffers and drops every
+    graph when they change. A loop is captured the second time its key comes up: a one-off call (a
     sample grid with extra steps) runs eagerly instead of paying for a warm-up, a capture and a
     graph memory pool it would never reuse.
     """
@@ -131,7 +131,7 @@ class ChainGraphCache:
         self.capture = capture
         self.graphs: dict[Hashable, GraphedLoop] = {}
         self._seen: set[Hashable] = set()
-        self._model_state: tuple[int, tuple[int, ...]] | None = None
+        self._model_state: tuple[int, ...] | None = None
         #: Number of captures so far (each costs one warm-up loop and the capture itself).
         self.captures = 0
 
@@ -144,7 +144,8 @@ class ChainGraphCache:
         make_body: Callable[[Tensor, Tensor | None], LoopBody],
     ) -> ChainLoopOutput:
         """Run the loop for ``key`` on ``x`` and ``y``: eagerly the first time, then from its graph."""
-        state = (id(model), storage_addresses(model))
+        # Addresses, not the module object: a DDP facade and the module it wraps share every weight.
+        state = storage_addresses(model)
         if state != self._model_state:
             self.graphs.clear()
             self._model_state = state
