@@ -98,7 +98,7 @@ tail -15 "$OUT/gpu_tests.log"
 
 if [[ $DEVICE == cuda ]] && (( $(left) > 90 )); then
   echo "== 5. compile configurations (limit $(limit 400 20) s)"
-  timeout "$(limit 400 20)" "$PY" "${BENCH[@]}" --with-compile --only defaults --only compile \
+  timeout "$(limit 400 20)" "$PY" "${BENCH[@]}" --with-compile --only reference --only compile \
     --json "$OUT/levers_compile.json" | tee -a "$OUT/levers.txt"
 fi
 

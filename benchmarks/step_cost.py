@@ -427,8 +427,14 @@ def format_report(r: dict[str, Any]) -> str:
 
 
 #: Lever configurations for ``--levers``: (label, overrides). The first is the reference.
+#: Every configuration starts from the recipe with its ``performance:`` levers off, so that each
+#: lever is measured on against off even where a recipe turns it on (CIFAR: channels_last).
+LEVERS_OFF: tuple[str, ...] = (
+    "performance.channels_last=false", "performance.autocast=none", "performance.compile=false",
+    "performance.cuda_graphs=false",
+)
 LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("defaults (weights frozen while sampling)", ()),
+    ("reference: performance levers off, weights frozen while sampling", ()),
     ("weights NOT frozen while sampling", ("sampler.freeze_weights=false",)),
     ("fused forward (data + negatives in one pass)", ("loss.fuse_forward=true",)),
     ("channels_last", ("performance.channels_last=true",)),
@@ -503,10 +509,10 @@ def measure_levers(
     levers = lever_configurations(kwargs.get("device"), with_compile, only)
     # One discarded measurement first: the first build in a process pays one-time costs (lazy
     # kernel initialisation, allocator growth) that would otherwise count against the reference.
-    measure(recipe, overrides, **{**kwargs, "repeats": 1, "iters": 1})
+    measure(recipe, [*overrides, *LEVERS_OFF], **{**kwargs, "repeats": 1, "iters": 1})
     results: list[dict[str, Any]] = []
     for label, extra in levers:
-        result = measure(recipe, [*overrides, *extra], **kwargs)
+        result = measure(recipe, [*overrides, *LEVERS_OFF, *extra], **kwargs)
         result["lever"], result["lever_overrides"] = label, list(extra)
         results.append(result)
         print(f"measured: {label}: {result['jem_iteration_ms']:.1f} ms per JEM iteration", file=sys.stderr, flush=True)

@@ -84,8 +84,8 @@ def test_projection_and_cuda_lever_list():
     assert cpu == list(step_cost.LEVERS)
     labels = [label for label, _ in cuda]
     assert "CUDA graphs (K-step sampler loop)" in labels and labels[-1].startswith("fast + compile")
-    chosen = step_cost.lever_configurations("cuda", with_compile=True, only=["defaults", "COMPILE"])
-    assert [label for label, _ in chosen][0].startswith("defaults") and len(chosen) == 4
+    chosen = step_cost.lever_configurations("cuda", with_compile=True, only=["reference", "COMPILE"])
+    assert [label for label, _ in chosen][0].startswith("reference") and len(chosen) == 4
     with pytest.raises(ValueError, match="no lever configuration"):
         step_cost.lever_configurations("cpu", with_compile=False, only=["nothing like this"])
     # every CUDA configuration is a valid performance section (no nesting of two graph mechanisms)

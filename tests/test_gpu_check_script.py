@@ -31,7 +31,7 @@ def test_gpu_check_script_smoke_run_writes_every_result(tmp_path):
     assert files == ["check.log", "env.txt", "gpu_tests.log", "levers.json", "levers.txt", "summary.md"]
     assert len(files) <= 8, "the device tool returns at most 8 files"
     levers = json.loads((out / "levers.json").read_text())
-    assert [r["lever"] for r in levers][:2] == ["defaults (weights frozen while sampling)", "weights NOT frozen while sampling"]
+    assert [r["lever"] for r in levers][:2] == ["reference: performance levers off, weights frozen while sampling", "weights NOT frozen while sampling"]
     assert all(r["jem_iteration_ms"] > 0 and r["K"] == 2 for r in levers)
     summary = (out / "summary.md").read_text()
     assert summary.count("| run-default | completed | 4 |") == 1 and summary.count("| run-fast | completed | 4 |") == 1
