@@ -2,21 +2,24 @@
 # The prepared GPU check (issue 6): one script, one device call, everything written to $OUT.
 #
 #   here:    bash benchmarks/gpu_prepare.sh
-#   device:  run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=590)
+#   device:  run(command="bash benchmarks/gpu_check.sh", carry=[".whl"], timeout_s=360)
+#   rerun of some stages only (a session has 15 device minutes, start-up included):
+#            run(command="GPU_CHECK_STAGES='tests compile' bash benchmarks/gpu_check.sh", ...)
 #
-# Order = priority, each step under its own time limit, so a cut-short run still returns the most
-# important numbers:
-#   1. env.txt            GPU, driver, torch, Python
-#   2. levers.json/.txt   benchmarks/step_cost.py --levers on the CIFAR-10 recipe (WRN-28-10,
-#                         batch 64, K = 20) with every lever on and off, projected hours for 150
-#                         epochs of 45,000 images (the recipe's split); random CIFAR-shaped data
-#   3. (in summary.md)    two real `jemkit run`s of the CIFAR-10 recipe, 200 steps each, on a
-#                         full-size random CIFAR-10 (50,000 train images): defaults vs fast options
-#   4. gpu_tests.log      pytest -m gpu (real CUDA graphs, bf16, a CUDA run, torchrun on CUDA)
-#   5. levers_compile.json  the torch.compile configurations (slow to build), if time is left
-#   summary.md            the tables to paste into benchmarks/README.md; check.log: everything
+# Stages, in order of priority, each under its own time limit inside GPU_CHECK_SECONDS (default
+# 330), so a run cut short still returns the most important numbers:
+#   levers   levers.json/.txt: benchmarks/step_cost.py --levers on recipes/jem_cifar10.yaml
+#            (WRN-28-10, batch 64, K = 20, random CIFAR-shaped data), every lever on and off, the
+#            CUDA configurations, projected hours for 150 epochs of the recipe's 45,000 images
+#   runs     two real `jemkit run`s of the CIFAR-10 recipe, 120 steps each, on a full-size random
+#            CIFAR-10 (50,000 training images): recipe defaults against the fast options
+#   tests    gpu_tests.log: pytest -m gpu (real CUDA graphs, bf16, a CUDA run, torchrun on CUDA)
+#   compile  levers_compile.json: the torch.compile configurations (slow to build), if time is left
+# Always: env.txt (GPU, driver, torch), summary.md (the tables for benchmarks/README.md, made by
+# benchmarks/gpu_summary.py), check.log (everything printed). At most 7 files: the device tool
+# returns 8.
 #
-# GPU_CHECK_SMOKE=1 runs the same steps on CPU with a tiny network and tiny data, to check the
+# GPU_CHECK_SMOKE=1 runs the same stages on CPU with a tiny network and tiny data, to check the
 # script itself without a GPU (tests/test_gpu_check_script.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -25,11 +28,14 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/check.log") 2>&1
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_SECONDS:-570}
+BUDGET=${GPU_CHECK_SECONDS:-330}
+STAGES=" ${GPU_CHECK_STAGES:-levers runs tests compile} "
 left() { echo $((BUDGET - SECONDS)); }
-limit() { local want=$1 rest; rest=$(( $(left) - ${2:-0} )); (( want < rest )) && echo "$want" || echo "$rest"; }
+# limit WANT [KEEP]: WANT seconds, or fewer so that KEEP seconds stay for the later stages
+limit() { local rest=$(( $(left) - ${2:-0} )); (( $1 < rest )) && echo "$1" || echo $(( rest > 10 ? rest : 10 )); }
+stage() { [[ $STAGES == *" $1 "* ]]; }
 
-echo "== setup ($(date -u +%FT%TZ))"
+echo "== setup ($(date -u +%FT%TZ)), stages:$STAGES"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/jemkit-gpu-check.XXXXXX")
 SITE=$WORK/site
 mkdir -p "$SITE"
@@ -58,7 +64,7 @@ if [[ ${GPU_CHECK_SMOKE:-0} == 1 ]]; then
   TINY=(model.backbone.depth=10 model.backbone.widen_factor=1 sampler.steps=2 sampler.init.size=64 train.batch_size=8)
   RUN_TINY=("${TINY[@]}" data.val_size=20)
 else
-  DEVICE=cuda FULL_PER_BATCH=10000 STEPS=200 LOG_EVERY=50 TIMING=(--repeats 5 --iters 2 --warmup 2)
+  DEVICE=cuda FULL_PER_BATCH=10000 STEPS=120 LOG_EVERY=30 TIMING=(--repeats 3 --iters 1 --warmup 1)
   TINY=() RUN_TINY=()
 fi
 
@@ -75,30 +81,38 @@ echo "data written ($SECONDS s)"
 
 BENCH=(benchmarks/step_cost.py recipes/jem_cifar10.yaml "data.root=$DATA/small" data.download=false data.val_size=0
        "${TINY[@]}" --device "$DEVICE" --levers "${TIMING[@]}" --epochs 150 --train-size 45000)
-echo "== 2. levers (limit $(limit 230 300) s)"
-timeout "$(limit 230 300)" "$PY" "${BENCH[@]}" --json "$OUT/levers.json" | tee "$OUT/levers.txt"
+if stage levers; then
+  t=$(limit 130 190)
+  echo "== levers (limit $t s)"
+  timeout "$t" "$PY" "${BENCH[@]}" --json "$OUT/levers.json" | tee "$OUT/levers.txt"
+fi
 
-echo "== 3. end-to-end runs"
-FAST=(performance.channels_last=true performance.autocast=bf16 performance.cuda_graphs=true sampler.init.on_device=true)
-for variant in default fast; do
-  extra=(); [[ $variant == fast ]] && extra=("${FAST[@]}")
-  t=$(limit 100 200)
-  echo "-- $variant (limit $t s)"
-  timeout "$t" "$PY" -m jemkit run recipes/jem_cifar10.yaml --out "$WORK/run-$variant" "data.root=$DATA/full" \
-    data.download=false "device=$DEVICE" "train.max_steps=$STEPS" "train.log_every=$LOG_EVERY" \
-    train.samples_per_class=2 "${RUN_TINY[@]}" "${extra[@]}" > "$WORK/run-$variant.log" 2>&1
-  echo "exit $?" >> "$WORK/run-$variant.log"
-  tail -5 "$WORK/run-$variant.log"
-done
+if stage runs; then
+  FAST=(performance.autocast=bf16 performance.cuda_graphs=true sampler.init.on_device=true)
+  for variant in default fast; do
+    extra=(); [[ $variant == fast ]] && extra=("${FAST[@]}")
+    t=$(limit 70 70)
+    echo "== run $variant (limit $t s)"
+    timeout "$t" "$PY" -m jemkit run recipes/jem_cifar10.yaml --out "$WORK/run-$variant" "data.root=$DATA/full" \
+      data.download=false "device=$DEVICE" "train.max_steps=$STEPS" "train.log_every=$LOG_EVERY" \
+      train.samples_per_class=2 "${RUN_TINY[@]}" "${extra[@]}" > "$WORK/run-$variant.log" 2>&1
+    echo "exit $?" >> "$WORK/run-$variant.log"
+    tail -5 "$WORK/run-$variant.log"
+  done
+fi
 
-echo "== 4. pytest -m gpu (limit $(limit 150 60) s)"
-timeout "$(limit 150 60)" "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -x \
-  -k "not compiled" > "$OUT/gpu_tests.log" 2>&1
-tail -15 "$OUT/gpu_tests.log"
+if stage tests; then
+  t=$(limit 90 0)
+  echo "== pytest -m gpu (limit $t s)"
+  timeout "$t" "$PY" -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider -k "not compiled" \
+    > "$OUT/gpu_tests.log" 2>&1
+  tail -15 "$OUT/gpu_tests.log"
+fi
 
-if [[ $DEVICE == cuda ]] && (( $(left) > 90 )); then
-  echo "== 5. compile configurations (limit $(limit 400 20) s)"
-  timeout "$(limit 400 20)" "$PY" "${BENCH[@]}" --with-compile --only reference --only compile \
+if stage compile && [[ $DEVICE == cuda ]] && (( $(left) > 60 )); then
+  t=$(limit 300 0)
+  echo "== compile configurations (limit $t s)"
+  timeout "$t" "$PY" "${BENCH[@]}" --with-compile --only reference --only compile \
     --json "$OUT/levers_compile.json" | tee -a "$OUT/levers.txt"
 fi
 

@@ -473,13 +473,15 @@ DEVICE_COMPILE_LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 def lever_configurations(
     device: str | None, with_compile: bool, only: Sequence[str] = ()
 ) -> list[tuple[str, tuple[str, ...]]]:
-    """The ``--levers`` configurations for a device: CPU ones, then CUDA-only ones, compile last.
+    """The ``--levers`` configurations for a device: the reference first, CUDA-only ones next on CUDA,
+    compile last.
 
     ``only`` keeps the configurations whose label contains one of its strings (case-insensitive).
     """
     levers = list(LEVERS) + ([COMPILE_LEVER] if with_compile else [])
     if device == "cuda":
-        levers += list(DEVICE_LEVERS) + (list(DEVICE_COMPILE_LEVERS) if with_compile else [])
+        # the GPU's own levers first after the reference: a run cut short keeps the numbers that matter
+        levers = [levers[0], *DEVICE_LEVERS, *levers[1:], *(DEVICE_COMPILE_LEVERS if with_compile else ())]
     if only:
         levers = [lever for lever in levers if any(part.lower() in lever[0].lower() for part in only)]
     if not levers:

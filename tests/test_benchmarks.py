@@ -84,6 +84,11 @@ def test_projection_and_cuda_lever_list():
     assert cpu == list(step_cost.LEVERS)
     labels = [label for label, _ in cuda]
     assert "CUDA graphs (K-step sampler loop)" in labels and labels[-1].startswith("fast + compile")
+    assert labels[0].startswith("reference") and labels[1] == step_cost.DEVICE_LEVERS[0][0]  # GPU levers early
+    assert sorted(labels) == sorted(
+        [label for label, _ in (*step_cost.LEVERS, step_cost.COMPILE_LEVER, *step_cost.DEVICE_LEVERS,
+                                *step_cost.DEVICE_COMPILE_LEVERS)]
+    )
     chosen = step_cost.lever_configurations("cuda", with_compile=True, only=["reference", "COMPILE"])
     assert [label for label, _ in chosen][0].startswith("reference") and len(chosen) == 4
     with pytest.raises(ValueError, match="no lever configuration"):
