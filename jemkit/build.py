@@ -144,6 +144,13 @@ def build_sampler(plugins: PluginSet, cfg: DictConfig, context: BuildContext, so
     return Sampler(init, transition, settings.steps, settings.model_mode, settings.freeze_weights)
 
 
+def build_performance(cfg: DictConfig, source: str = "recipe") -> PerformanceParams:
+    """The recipe's ``performance:`` section, validated (every lever off when absent)."""
+    return build_params(
+        PerformanceParams, cfg.get("performance") or {}, "performance", source, what="the performance levers"
+    )
+
+
 def enable_cuda_graphs(sampler: Sampler, cfg: DictConfig, source: str = "recipe") -> None:
     """Switch on ``performance.cuda_graphs`` for ``sampler``; its transition must be graph-safe."""
     transition = sampler.transition
@@ -187,9 +194,7 @@ def build_experiment(
         raise RecipeError(f"{source}: 'seed' must be an integer, got {seed!r}.")
     train = build_train_params(cfg, source)
     guard = build_params(GuardParams, cfg.get("guard") or {}, "guard", source, what="the divergence guard")
-    performance = build_params(
-        PerformanceParams, cfg.get("performance") or {}, "performance", source, what="the performance levers"
-    )
+    performance = build_performance(cfg, source)
     if train.batch_size % dist.world_size:
         raise RecipeError(
             f"{source}: train.batch_size={train.batch_size} (the global batch) does not split evenly over "

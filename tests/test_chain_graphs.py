@@ -193,3 +193,13 @@ def test_cuda_graphs_and_reduce_overhead_compile_do_not_nest():
     with pytest.raises(ValueError, match="cannot nest"):
         PerformanceParams(cuda_graphs=True, compile=True, compile_mode="reduce-overhead")
     PerformanceParams(cuda_graphs=True, compile=True)  # default compile mode nests fine
+
+
+def test_eval_opens_a_run_with_the_cuda_graphs_of_its_recipe(cli, tmp_path, tiny_digits_overrides):
+    from jemkit.evaluation.rundir import load_run
+
+    out = tmp_path / "run"
+    result = cli("run", RECIPES / "jem_digits.yaml", "--out", out, *tiny_digits_overrides, "performance.cuda_graphs=true")
+    assert result.code == 0, result.err
+    run, _ = load_run(PLUGINS, out, "jem", "last", torch.device("cpu"))
+    assert run.sampler.cuda_graphs  # jemkit eval's generation then replays graphs on CUDA

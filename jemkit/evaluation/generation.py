@@ -31,9 +31,14 @@ def fresh_samples(
     batch_size: int,
     device: torch.device,
     advance: Callable[[int], None] = lambda k: None,
+    cuda_graphs: bool = False,
 ) -> Tensor:
-    """``n`` samples ``[n, ...]`` (CPU) from chains started by ``init``; class-conditional given ``y`` ``[n]``."""
-    sampler = Sampler(init, transition, steps, model_mode=mode)
+    """``n`` samples ``[n, ...]`` (CPU) from chains started by ``init``; class-conditional given ``y`` ``[n]``.
+
+    With ``cuda_graphs`` (the run's ``performance.cuda_graphs``) the full batches replay one
+    captured K-step loop on CUDA devices.
+    """
+    sampler = Sampler(init, transition, steps, model_mode=mode, cuda_graphs=cuda_graphs)
     out = []
     for start in range(0, n, batch_size):
         count = min(batch_size, n - start)

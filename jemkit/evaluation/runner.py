@@ -396,8 +396,10 @@ class Evaluation:
         self._seed()
         with self.steps.task(f"{run.name}: sampling ({s.sgld_steps} steps)", len(y) + s.n_samples) as advance:
             common = (run.model, init, run.sampler.transition, s.sgld_steps, run.sampler.model_mode)
-            conditional = fresh_samples(*common, len(y), y, s.batch_size, self.device, advance)
-            unconditional = fresh_samples(*common, s.n_samples, None, s.batch_size, self.device, advance)
+            batching = (s.batch_size, self.device, advance)
+            graphs = run.sampler.cuda_graphs
+            conditional = fresh_samples(*common, len(y), y, *batching, cuda_graphs=graphs)
+            unconditional = fresh_samples(*common, s.n_samples, None, *batching, cuda_graphs=graphs)
         grid_n = min(len(unconditional), num_classes * s.grid_per_class)
         per_row = min(s.grid_per_class, per_class)  # one row per class
         save_sample_grid(
