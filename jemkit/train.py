@@ -315,8 +315,9 @@ class Trainer:
         loss = output.loss
         e.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        # The guard reads the loss on the host only now, with the backward pass already queued, so
-        # the device never idles waiting for the host; a trip still comes before any weight update.
+        # Reading the loss on the host waits for the device. With the backward pass already queued,
+        # that wait covers the backward instead of leaving the device idle while the host launches
+        # it. A trip still comes before any weight update.
         self._check(loss, output.metrics)
         if closure_needed:
             # SAM-style optimisers re-evaluate the loss at perturbed weights, on the same negatives.
