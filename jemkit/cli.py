@@ -135,27 +135,38 @@ def list_plugins(args: argparse.Namespace, console: Console, errors: Console) ->
                 row["params"] = [p.to_json() for p in infos]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
+    if args.params:
+        for row, infos in zip(rows, params):
+            console.print(_component_heading(row))
+            console.print(_params_table(infos or []))
+        return 0
     table = Table(title=f"jemkit {__version__} plugins", show_lines=False)
     for column in ("plugin", "origin", "kind", "name", "description"):
         table.add_column(column, overflow="fold")
-    for row, infos in zip(rows, params):
+    for row in rows:
         table.add_row(*(row[k] for k in ("plugin", "origin", "kind", "name", "description")))
-        if infos is not None:
-            cells = _param_cells(infos)
-            for i, (name, text) in enumerate(cells):
-                table.add_row("", "", "", name, text, end_section=i == len(cells) - 1)
     console.print(table)
     return 0
 
 
-def _param_cells(infos: list[ParamInfo]) -> list[tuple[Text, Text]]:
-    """(name, ``type = default  doc``) table cells for a component's parameters."""
+def _component_heading(row: dict[str, Any]) -> Text:
+    """``kind name``, its description, and where it comes from: one heading per component."""
+    return Text.assemble(
+        "\n", (f"{row['kind']} ", "cyan"), (row["name"], "bold"), f"  {row['description']}",
+        (f"  [{row['plugin']}, {row['origin']}]", "dim"),
+    )
+
+
+def _params_table(infos: list[ParamInfo]) -> Table | Text:
+    """A component's parameters: recipe key, type, default (``required`` when none) and doc."""
     if not infos:
-        return [(Text("  (no parameters)", style="dim"), Text(""))]
-    return [
-        (Text(f"  {p.name}"), Text.assemble(f"{p.type} = {p.default_text()}", (f"  {p.doc}" if p.doc else "", "dim")))
-        for p in infos
-    ]
+        return Text("  (no parameters)", style="dim")
+    table = Table(box=None, padding=(0, 2, 0, 2), show_edge=False, header_style="dim")
+    for column in ("parameter", "type", "default", "doc"):
+        table.add_column(column, overflow="fold")
+    for p in infos:
+        table.add_row(Text(p.name), Text(p.type), Text(p.default_text()), Text(p.doc, style="dim"))
+    return table
 
 
 # --------------------------------------------------------------------------- run

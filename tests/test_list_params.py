@@ -201,8 +201,9 @@ def test_required_param_in_json_and_table(capsys, monkeypatch, probe_plugins):
     monkeypatch.setenv("COLUMNS", "200")
     assert main(["list-plugins", "--params", "probe_step"]) == 0
     out = capsys.readouterr().out
-    assert "int = required  Width of the probe, in pixels." in out
-    assert 'list[int] = [1, 2]  From metadata.' in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    assert rows["width"][:3] == ["width", "int", "required"] and "Width of the probe, in pixels." in out
+    assert rows["sizes"][1:4] == ["list[int]", "[1,", "2]"] and "From metadata." in out
 
 
 def test_unknown_name_is_one_paragraph_with_a_suggestion(capsys):
@@ -218,14 +219,16 @@ def test_unknown_name_is_one_paragraph_with_a_suggestion(capsys):
 
 
 def test_table_lists_parameters_under_each_component(capsys, monkeypatch, plugins):
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("COLUMNS", "80")  # a plain terminal: one column per field, nothing folded
     assert main(["list-plugins", "--params", "sgld", "cross_entropy"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    sgld_row = next(i for i, line in enumerate(lines) if " sgld " in line)
+    sgld_row = next(i for i, line in enumerate(lines) if line.startswith("transition sgld"))
     step_size = plugins.registries["transition"].get("sgld").params().step_size
-    step_row = next(i for i, line in enumerate(lines) if "step_size" in line)
+    step_row = next(i for i, line in enumerate(lines) if line.split()[:1] == ["step_size"])
     assert step_row > sgld_row
-    assert f"float = {json.dumps(step_size)}" in lines[step_row]
-    assert "(no parameters)" in out
+    assert lines[step_row].split()[:3] == ["step_size", "float", json.dumps(step_size)]
+    assert "Multiplier of the energy gradient" in lines[step_row]
+    assert "[sampling, built-in]" in out
+    assert "(no parameters)" in out and any(line.startswith("loss cross_entropy") for line in lines)
     assert "adam" not in out  # restricted to the named components
