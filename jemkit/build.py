@@ -32,7 +32,7 @@ from jemkit.distributed import DistInfo
 from jemkit.guard import GuardParams
 from jemkit.performance import PerformanceParams, prepare_model
 from jemkit.plugin_manager import PluginSet
-from jemkit.sampler import Sampler
+from jemkit.sampler import Sampler, graph_capturable
 
 
 @dataclass
@@ -125,7 +125,8 @@ def build_model(plugins: PluginSet, cfg: DictConfig, context: BuildContext, sour
 
 
 def build_sampler(plugins: PluginSet, cfg: DictConfig, context: BuildContext, source: str = "recipe") -> Sampler:
-    """Chain initialiser plus transition, with the kernel's sampler settings."""
+    """Chain initialiser plus transition, with the kernel's sampler settings and the recipe's
+    ``performance.cuda_graphs``."""
     node = cfg.get("sampler")
     if node is None:
         node = OmegaConf.create(DEFAULT_SAMPLER)
@@ -141,7 +142,10 @@ def build_sampler(plugins: PluginSet, cfg: DictConfig, context: BuildContext, so
     transition = build_component(plugins, "transition", wrapper, "sampler.transition", context, source=source)
     if not isinstance(init, ChainInit) or not isinstance(transition, Transition):
         raise RecipeError("sampler.init must build a ChainInit and sampler.transition a Transition.")
-    return Sampler(init, transition, settings.steps, settings.model_mode, settings.freeze_weights)
+    sampler = Sampler(init, transition, settings.steps, settings.model_mode, settings.freeze_weights)
+    if build_performance(cfg, source).cuda_graphs:
+        enable_cuda_graphs(sampler, cfg, source)
+    return sampler
 
 
 def build_performance(cfg: DictConfig, source: str = "recipe") -> PerformanceParams:
@@ -154,7 +158,7 @@ def build_performance(cfg: DictConfig, source: str = "recipe") -> PerformancePar
 def enable_cuda_graphs(sampler: Sampler, cfg: DictConfig, source: str = "recipe") -> None:
     """Switch on ``performance.cuda_graphs`` for ``sampler``; its transition must be graph-safe."""
     transition = sampler.transition
-    if not getattr(transition, "graph_safe", False) or callable(getattr(transition, "bind", None)):
+    if not graph_capturable(transition):
         name = OmegaConf.select(cfg, "sampler.transition.name", default="sgld")
         raise RecipeError(
             f"{source}: performance.cuda_graphs needs a transition whose step launches the same kernels "
@@ -217,9 +221,7 @@ def build_experiment(
     model = prepare_model(build_model(plugins, cfg, context, source), performance)
     if dist.rank:
         seed_everything(seed + RANK_SEED_STRIDE * dist.rank)
-    sampler = build_sampler(plugins, cfg, context, source)
-    if performance.cuda_graphs:
-        enable_cuda_graphs(sampler, cfg, source)
+    sampler = build_sampler(plugins, cfg, context, source)  # applies performance.cuda_graphs
     loss = build_component(plugins, "loss", cfg, "loss", context, source=source)
     optimizer = build_component(
         plugins, "optimizer", cfg, "optimizer", context, parameters_requiring_grad(model), source=source

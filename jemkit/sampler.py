@@ -47,14 +47,15 @@ def model_mode(module: nn.Module, mode: str) -> Iterator[None]:
         module.train(was_training)
 
 
+def graph_capturable(transition: Transition) -> bool:
+    """Whether ``transition``'s K-step loop may be captured as a CUDA graph: it declares
+    ``graph_safe`` and binds no model per call (a ``bind`` hook changes what the loop reads)."""
+    return bool(getattr(transition, "graph_safe", False)) and not callable(getattr(transition, "bind", None))
+
+
 def graphs_apply(transition: Transition, x: Tensor, steps: int) -> bool:
-    """Whether a K-step loop may replay a CUDA graph: on CUDA, K > 0, a graph-safe transition."""
-    return (
-        x.device.type == "cuda"
-        and steps > 0
-        and getattr(transition, "graph_safe", False)
-        and not callable(getattr(transition, "bind", None))
-    )
+    """Whether a K-step loop may replay a CUDA graph: on CUDA, K > 0, a graph-capturable transition."""
+    return x.device.type == "cuda" and steps > 0 and graph_capturable(transition)
 
 
 def chain_loop(

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from jemkit.build import build_data, build_model, build_performance, build_sampler, enable_cuda_graphs, seed_everything
+from jemkit.build import build_data, build_model, build_sampler, seed_everything
 from jemkit.checkpoint import list_checkpoints, load_checkpoint
 from jemkit.config import read_run_config
 from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel
@@ -81,9 +81,7 @@ def load_run(
     else:
         context = dataclasses.replace(context, feature_dim=None, run_dir=run_dir)
     model = build_model(plugins, cfg, context, source)
-    sampler = build_sampler(plugins, cfg, context, source)
-    if build_performance(cfg, source).cuda_graphs:  # generation replays its fixed-shape chains too
-        enable_cuda_graphs(sampler, cfg, source)
+    sampler = build_sampler(plugins, cfg, context, source)  # with the recipe's cuda_graphs, for generation
     state = load_checkpoint(path, map_location=device).state
     try:
         model.load_state_dict(state["model"])
