@@ -26,15 +26,6 @@ class MissingFirstLayerError(RecipeError, ValueError):
     """PYLD was asked to sample from a backbone without a ``first_layer`` module."""
 
 
-def _check_box(grad_clamp: float, low: float, high: float, noise: float) -> None:
-    if not grad_clamp > 0:
-        raise ValueError(f"grad_clamp must be positive, got {grad_clamp}")
-    if not low < high:
-        raise ValueError(f"low must be below high, got low={low}, high={high}")
-    if noise < 0:
-        raise ValueError(f"noise must be non-negative, got {noise}")
-
-
 def proximal_update(
     x: Tensor, grad: Tensor, step_size: float, grad_clamp: float, low: float, high: float, noise: float
 ) -> Tensor:
@@ -62,7 +53,12 @@ class ProximalSGLDParams:
     def __post_init__(self) -> None:
         if self.step_size < 0:
             raise ValueError(f"step_size must be non-negative, got {self.step_size}")
-        _check_box(self.grad_clamp, self.low, self.high, self.noise)
+        if not self.grad_clamp > 0:
+            raise ValueError(f"grad_clamp must be positive, got {self.grad_clamp}")
+        if not self.low < self.high:
+            raise ValueError(f"low must be below high, got low={self.low}, high={self.high}")
+        if self.noise < 0:
+            raise ValueError(f"noise must be non-negative, got {self.noise}")
 
 
 class ProximalSGLD(Transition):
@@ -90,24 +86,19 @@ def build_proximal_sgld(params: ProximalSGLDParams, context: BuildContext) -> Pr
 
 
 @dataclass
-class PYLDParams:
-    """JEM++ PYLD: per outer step one full backward, then ``inner_steps`` first-layer-only updates."""
+class PYLDParams(ProximalSGLDParams):
+    """JEM++ PYLD: per outer step one full backward, then ``inner_steps`` first-layer-only updates
+    (each a proximal step with the settings of :class:`ProximalSGLDParams`)."""
 
-    step_size: float = 1.0
-    #: Updates of x per full backward pass (the first uses the exact dE/dx), at least 1.
-    inner_steps: int = 3
-    grad_clamp: float = 1.0
-    low: float = -1.0
-    high: float = 1.0
     #: Std of Gaussian noise added per inner update, in input units (JEM++: 0).
     noise: float = 0.0
+    #: Updates of x per full backward pass (the first uses the exact dE/dx), at least 1.
+    inner_steps: int = 3
 
     def __post_init__(self) -> None:
-        if self.step_size < 0:
-            raise ValueError(f"step_size must be non-negative, got {self.step_size}")
+        super().__post_init__()
         if self.inner_steps < 1:
             raise ValueError(f"inner_steps must be at least 1, got {self.inner_steps}")
-        _check_box(self.grad_clamp, self.low, self.high, self.noise)
 
 
 class PYLD(Transition):
