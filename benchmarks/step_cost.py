@@ -529,32 +529,45 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
 
+def lever_rows(
+    results: list[dict[str, Any]], epochs: int | None = None, train_size: int | None = None
+) -> list[dict[str, str]]:
+    """The cells of a lever table, one ``{column: text}`` per configuration, speed-up relative to
+    the first. With ``epochs`` and ``train_size`` they add iterations per second and the projected
+    hours of a whole run (``epochs`` x ``train_size // batch_size`` iterations, training steps only)."""
+    reference = results[0]["jem_iteration_ms"]
+    rows = []
+    for r in results:
+        ms = r["jem_iteration_ms"]
+        row = {
+            "configuration": r["lever"],
+            "JEM iter ms": f"{ms:.1f}",
+            "step ms": f"{r['sampler_step_ms']:.2f}",
+            "JEM/plain": f"{r['ratio_jem_plain']:.2f}",
+            "JEM/floor": f"{r['ratio_jem_floor']:.3f}",
+            "speed-up": f"{reference / ms:.2f}x",
+            "peak MiB": f"{r['peak_memory_jem_mib']:.0f}",
+        }
+        if epochs is not None and train_size is not None:
+            row["it/s"] = f"{1000.0 / ms:.2f}"
+            row[f"h/{epochs} ep"] = f"{projected_hours(ms, epochs, train_size, r['batch_size']):.2f}"
+        rows.append(row)
+    return rows
+
+
 def format_levers(
     results: list[dict[str, Any]], epochs: int | None = None, train_size: int | None = None
 ) -> str:
-    """A table of the lever configurations with their times relative to the first.
+    """:func:`lever_rows` as a fixed-width text table (configuration left, numbers right)."""
+    rows = lever_rows(results, epochs, train_size)
+    widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in rows[0]}
 
-    With ``epochs`` and ``train_size`` it adds iterations per second and the projected hours of a
-    whole run (``epochs`` x ``train_size // batch_size`` iterations, training steps only).
-    """
-    reference = results[0]["jem_iteration_ms"]
-    project = epochs is not None and train_size is not None
-    header = (
-        f"{'configuration':60s} {'JEM iter ms':>12s} {'step ms':>9s} {'JEM/plain':>10s} {'JEM/floor':>10s} "
-        f"{'speed-up':>9s} {'peak MiB':>9s}"
-    )
-    lines = [header + (f" {'it/s':>7s} {f'h/{epochs} ep':>9s}" if project else "")]
-    for r in results:
-        line = (
-            f"{r['lever']:60s} {r['jem_iteration_ms']:12.1f} {r['sampler_step_ms']:9.2f} "
-            f"{r['ratio_jem_plain']:10.2f} {r['ratio_jem_floor']:10.3f} {reference / r['jem_iteration_ms']:8.2f}x "
-            f"{r['peak_memory_jem_mib']:9.0f}"
+    def line(cells: dict[str, str]) -> str:
+        return " ".join(
+            cells[k].ljust(w) if k == "configuration" else cells[k].rjust(w) for k, w in widths.items()
         )
-        if project:
-            hours = projected_hours(r["jem_iteration_ms"], epochs, train_size, r["batch_size"])
-            line += f" {1000.0 / r['jem_iteration_ms']:7.2f} {hours:9.2f}"
-        lines.append(line)
-    return "\n".join(lines)
+
+    return "\n".join([line({k: k for k in widths}), *(line(row) for row in rows)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
