@@ -128,17 +128,16 @@ def list_plugins(args: argparse.Namespace, console: Console, errors: Console) ->
     report_plugin_failures(plugins, errors)
     components = plugins.registries.named(args.names) if args.names else plugins.registries.components()
     rows = plugin_rows(plugins, components)
-    params = [describe_params(c.params) for c in components] if args.params else [None] * len(rows)
+    params = [describe_params(c.params) for c in components] if args.params else None
     if args.json:
-        for row, infos in zip(rows, params):
-            if infos is not None:
-                row["params"] = [p.to_json() for p in infos]
+        for row, infos in zip(rows, params or ()):
+            row["params"] = [p.to_json() for p in infos]
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
-    if args.params:
+    if params is not None:
         for row, infos in zip(rows, params):
             console.print(_component_heading(row))
-            console.print(_params_table(infos or []))
+            console.print(_params_table(infos))
         return 0
     table = Table(title=f"jemkit {__version__} plugins", show_lines=False)
     for column in ("plugin", "origin", "kind", "name", "description"):
