@@ -29,6 +29,7 @@ from jemkit.contracts import (
 )
 from jemkit.plugin_manager import load_plugins
 from jemkit.sampler import Sampler
+from jemkit_plugins.heads import LinearHead
 from jemkit_plugins.sampling import SGLD, UniformNoise
 
 from fakedata import write_fake_cifar10, write_fake_cifar100, write_fake_svhn
@@ -84,19 +85,9 @@ class _TinyBackbone(Backbone):
         return self.net(x)
 
 
-class _TinyHead(EnergyHead):
-    def __init__(self):
-        super().__init__()
-        self.num_classes = 10
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, f):
-        return self.fc(f)
-
-
 def _tiny_model() -> JointEnergyModel:
     torch.manual_seed(0)
-    return JointEnergyModel(_TinyBackbone(), _TinyHead())
+    return JointEnergyModel(_TinyBackbone(), LinearHead(16, 10))
 
 
 @pytest.mark.parametrize("component", _components("backbone"))

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from jemkit.contracts import Backbone, BuildContext, EnergyHead, JointEnergyModel
+from jemkit.contracts import Backbone, BuildContext, JointEnergyModel
 from jemkit.evaluation.pgd import accuracy, pgd_attack
 from jemkit.evaluation.refine import DefendedClassifier, refine
 from jemkit_plugins.data_digits import DigitsParams, build_digits
+from jemkit_plugins.heads import LinearHead
 from jemkit_plugins.sampling import SGLD
 
 
@@ -100,19 +101,9 @@ class _Flat(Backbone):
         return self.net(x)
 
 
-class _Head(EnergyHead):
-    def __init__(self):
-        super().__init__()
-        self.num_classes = 10
-        self.fc = nn.Linear(16, 10)
-
-    def forward(self, f):
-        return self.fc(f)
-
-
 def _tiny_jem() -> JointEnergyModel:
     torch.manual_seed(0)
-    return JointEnergyModel(_Flat(), _Head()).eval().requires_grad_(False)
+    return JointEnergyModel(_Flat(), LinearHead(16, 10)).eval().requires_grad_(False)
 
 
 def test_refinement_lowers_the_energy():

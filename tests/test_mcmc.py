@@ -15,11 +15,12 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from jemkit.contracts import Backbone, BuildContext, EnergyHead, JointEnergyModel
+from jemkit.contracts import Backbone, BuildContext, JointEnergyModel
 from jemkit.errors import JemkitError, RecipeError
 from jemkit.sampler import Sampler
 from jemkit_plugins.jempp import PYLD, MissingFirstLayerError, ProximalSGLD, ProximalSGLDParams, PYLDParams
 from jemkit_plugins.mcmc import HMC, MALA, HMCParams, MALAParams, build_hmc, build_mala
+from jemkit_plugins.heads import LinearHead
 from jemkit_plugins.sampling import SGLD, UniformNoise
 
 from conftest import gaussian_classes_model
@@ -284,19 +285,9 @@ class _FirstLayerBackbone(Backbone):
         return self.rest(self.first_layer(x))
 
 
-class _Head(EnergyHead):
-    def __init__(self, features: int = 3, classes: int = 3) -> None:
-        super().__init__()
-        self.num_classes = classes
-        self.fc = nn.Linear(features, classes)
-
-    def forward(self, f):
-        return self.fc(f)
-
-
 def test_pyld_inner_steps_use_the_first_layer_vjp_with_fixed_p():
     torch.manual_seed(11)
-    model = JointEnergyModel(_FirstLayerBackbone(), _Head())
+    model = JointEnergyModel(_FirstLayerBackbone(), LinearHead(3, 3))
     params = PYLDParams(step_size=0.05, inner_steps=3, grad_clamp=0.02, low=-1.0, high=1.0)
     pyld = PYLD(params)
     pyld.bind(model, None)
@@ -320,7 +311,7 @@ def test_pyld_through_the_sampler_binds_the_model_and_descends(plugins):
     torch.manual_seed(12)
     context = BuildContext(input_shape=(1, 8, 8), num_classes=10)
     backbone = build_convnet(ConvNetParams(channels=[8, 16], feature_dim=16), context)
-    model = JointEnergyModel(backbone, _Head(features=16, classes=10))
+    model = JointEnergyModel(backbone, LinearHead(16, 10))
     factory = plugins.registries["transition"].get("pyld").factory
     transition = factory(PYLDParams(step_size=0.02, inner_steps=2), context)
     sampler = Sampler(UniformNoise((1, 8, 8)), transition, steps=10)
