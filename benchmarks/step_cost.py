@@ -524,9 +524,12 @@ def measure_levers(
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON (no NaN), creating parent folders."""
+    """Write ``data`` as indented JSON (no NaN), creating parent folders. The file is replaced
+    whole (temporary file, then rename): a run killed at its time limit leaves the last complete one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def lever_rows(
