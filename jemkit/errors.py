@@ -34,3 +34,11 @@ class CheckpointError(JemkitError):
 
 class DivergenceError(JemkitError):
     """Training diverged and could not be recovered."""
+
+
+class EvalError(JemkitError):
+    """An evaluation cannot run as asked (missing weights, a bad setting, mismatched runs)."""
+
+
+class Interrupted(JemkitError):
+    """The run was stopped by SIGINT/SIGTERM after writing a checkpoint (exit code 130)."""

@@ -25,21 +25,21 @@ BUILTIN_ORIGIN = "built-in"
 
 #: First-party plugins, imported in this order.
 BUILTIN_PLUGINS: tuple[str, ...] = (
-    "jemkit_plugins.backbones",
-    "jemkit_plugins.heads",
-    "jemkit_plugins.sampling",
-    "jemkit_plugins.losses",
-    "jemkit_plugins.data_digits",
-    "jemkit_plugins.data_torchvision",
-    "jemkit_plugins.optim",
-    "jemkit_plugins.mcmc",
-    "jemkit_plugins.jempp",
-    "jemkit_plugins.informative",
-    "jemkit_plugins.sam",
-    "jemkit_plugins.data_toy",
-    "jemkit_plugins.toy_plot",
-    "jemkit_plugins.ood_sets",
-    "jemkit_plugins.feature_extractors",
+    "jemkit_plugins.models.backbones",
+    "jemkit_plugins.models.heads",
+    "jemkit_plugins.samplers.sampling",
+    "jemkit_plugins.training.losses",
+    "jemkit_plugins.data.data_digits",
+    "jemkit_plugins.data.data_torchvision",
+    "jemkit_plugins.training.optim",
+    "jemkit_plugins.samplers.mcmc",
+    "jemkit_plugins.samplers.jempp",
+    "jemkit_plugins.samplers.informative",
+    "jemkit_plugins.training.sam",
+    "jemkit_plugins.data.data_toy",
+    "jemkit_plugins.evaluation.toy_plot",
+    "jemkit_plugins.evaluation.ood_sets",
+    "jemkit_plugins.evaluation.feature_extractors",
 )
 
 

@@ -56,7 +56,7 @@ from jemkit.distributed import (
 )
 from jemkit.item_seeds import SeededItems
 from jemkit.performance import autocast, prepare_input
-from jemkit.errors import CheckpointError, DivergenceError, JemkitError
+from jemkit.errors import CheckpointError, DivergenceError, Interrupted
 from jemkit.guard import DivergenceTrip, Trip, check_step
 from jemkit.plugin_manager import PluginSet
 from jemkit.runlog import MetricsWriter, NullMetricsWriter, truncate_metrics, write_json_atomic
@@ -83,10 +83,6 @@ def preserved_rng(seed: int | None = None) -> Iterator[None]:
 
 #: Offset of the evaluation seed from the run's seed (evaluation noise is fixed per run).
 EVAL_SEED_OFFSET = 7_777
-
-
-class Interrupted(JemkitError):
-    """The run was stopped by SIGINT/SIGTERM after writing a checkpoint."""
 
 
 def evaluate_accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> dict[str, float]:

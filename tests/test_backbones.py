@@ -11,7 +11,7 @@ from torch import nn
 from jemkit.contracts import Backbone, BuildContext, EnergyHead, JointEnergyModel
 from jemkit.registry import Registry
 from jemkit_plugins import backbones, heads
-from jemkit_plugins.backbones import (
+from jemkit_plugins.models.backbones import (
     NORMS,
     ConvNetParams,
     MLPParams,
@@ -21,7 +21,7 @@ from jemkit_plugins.backbones import (
     build_wide_resnet,
     make_norm,
 )
-from jemkit_plugins.heads import LinearHeadParams, build_linear_head
+from jemkit_plugins.models.heads import LinearHeadParams, build_linear_head
 
 SHAPES = [(1, 8, 8), (3, 32, 32), (3, 16, 16)]
 
@@ -193,7 +193,7 @@ def test_joint_energy_model_matches_head() -> None:
 
 
 def test_group_norm_never_degenerates_into_instance_norm():
-    from jemkit_plugins.backbones import group_count
+    from jemkit_plugins.models.backbones import group_count
 
     assert group_count(640) == 32 and group_count(160) == 32
     assert group_count(16) == 4 and group_count(8) == 2 and group_count(32) == 8

@@ -21,8 +21,8 @@ from jemkit.performance import PerformanceParams
 from jemkit.plugin_manager import load_plugins
 from jemkit.sampler import Sampler
 from jemkit.train import Trainer
-from jemkit_plugins.mcmc import MALA
-from jemkit_plugins.sampling import SGLD, UniformNoise
+from jemkit_plugins.samplers.mcmc import MALA
+from jemkit_plugins.samplers.sampling import SGLD, UniformNoise
 
 from conftest import RECIPES
 

@@ -29,8 +29,8 @@ from jemkit.contracts import (
 )
 from jemkit.plugin_manager import load_plugins
 from jemkit.sampler import Sampler
-from jemkit_plugins.heads import LinearHead
-from jemkit_plugins.sampling import SGLD, UniformNoise
+from jemkit_plugins.models.heads import LinearHead
+from jemkit_plugins.samplers.sampling import SGLD, UniformNoise
 
 from fakedata import write_fake_cifar10, write_fake_cifar100, write_fake_svhn
 

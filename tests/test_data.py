@@ -24,8 +24,8 @@ from jemkit.contracts import BuildContext, DataSplits
 from jemkit.errors import DataError
 from jemkit.plugin_manager import load_plugins
 from jemkit_plugins import data_torchvision
-from jemkit_plugins.data_digits import DigitsParams, build_digits
-from jemkit_plugins.data_torchvision import ImageDataParams
+from jemkit_plugins.data.data_digits import DigitsParams, build_digits
+from jemkit_plugins.data.data_torchvision import ImageDataParams
 
 N_DIGITS = 1797
 CONTEXT = BuildContext()
@@ -63,7 +63,7 @@ def row_multiset(x: torch.Tensor) -> Counter:
 
 def test_data_plugins_register_every_data_set():
     plugins = load_plugins(
-        builtins=("jemkit_plugins.data_digits", "jemkit_plugins.data_torchvision"), entry_points=False
+        builtins=("jemkit_plugins.data.data_digits", "jemkit_plugins.data.data_torchvision"), entry_points=False
     )
     assert plugins.failures == []
     registry = plugins.registries["data"]

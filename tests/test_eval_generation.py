@@ -10,7 +10,7 @@ from jemkit.contracts import Backbone, EnergyHead, JointEnergyModel
 from jemkit.evaluation.frechet import gaussian_stats
 from jemkit.evaluation.generation import buffer_contents, fresh_samples, grid_order, sample_quality
 from jemkit.sampler import Sampler
-from jemkit_plugins.sampling import SGLD, ReplayBuffer, UniformNoise
+from jemkit_plugins.samplers.sampling import SGLD, ReplayBuffer, UniformNoise
 
 
 def test_buffer_contents_and_class_blocks():

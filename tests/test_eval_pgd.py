@@ -9,9 +9,9 @@ from torch import nn
 from jemkit.contracts import Backbone, BuildContext, JointEnergyModel
 from jemkit.evaluation.pgd import accuracy, pgd_attack
 from jemkit.evaluation.refine import DefendedClassifier, refine
-from jemkit_plugins.data_digits import DigitsParams, build_digits
-from jemkit_plugins.heads import LinearHead
-from jemkit_plugins.sampling import SGLD
+from jemkit_plugins.data.data_digits import DigitsParams, build_digits
+from jemkit_plugins.models.heads import LinearHead
+from jemkit_plugins.samplers.sampling import SGLD
 
 
 class _Linear2:
@@ -170,7 +170,7 @@ def test_end_to_end_defence_gradient_matches_finite_differences():
 
 
 def test_sgld_settings_for_the_end_to_end_attack(plugins):
-    from jemkit.evaluation.errors import EvalError
+    from jemkit.errors import EvalError
     from jemkit.evaluation.runner import sgld_settings
 
     assert sgld_settings(plugins, {"name": "sgld", "step_size": 0.5, "noise": 0.02}) == (0.5, 0.02)

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from jemkit.contracts import BuildContext
 from jemkit.errors import DataError
-from jemkit.evaluation.errors import EvalError
+from jemkit.errors import EvalError
 from jemkit_plugins import feature_extractors as fx
 from jemkit_plugins import ood_sets
 

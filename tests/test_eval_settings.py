@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jemkit.cli_eval import _number
-from jemkit.evaluation.errors import EvalError
+from jemkit.cli.eval import _number
+from jemkit.errors import EvalError
 from jemkit.evaluation.settings import SECTIONS, resolve_settings
 
 

@@ -19,7 +19,7 @@ from jemkit.config import load_recipe
 from jemkit.plugin_manager import load_plugins
 from jemkit.sampler import Sampler
 from jemkit.train import Trainer
-from jemkit_plugins.sampling import SGLD, UniformNoise
+from jemkit_plugins.samplers.sampling import SGLD, UniformNoise
 
 from conftest import RECIPES, ROOT, TINY_DIGITS
 from fakedata import write_fake_cifar10

@@ -11,8 +11,8 @@ from torch.utils.data import Dataset, TensorDataset
 
 from jemkit.checkpoint import rng_state
 from jemkit.contracts import BuildContext
-from jemkit_plugins.data_digits import DigitsParams, build_digits
-from jemkit_plugins.informative import (
+from jemkit_plugins.data.data_digits import DigitsParams, build_digits
+from jemkit_plugins.samplers.informative import (
     CACHE_FILE,
     InformativeBuffer,
     InformativeBufferParams,

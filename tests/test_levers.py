@@ -11,7 +11,7 @@ from jemkit.performance import PerformanceParams, autocast, prepare_input
 from jemkit.plugin_manager import load_plugins
 from jemkit.sampler import Sampler
 from jemkit.train import Trainer
-from jemkit_plugins.sampling import SGLD, UniformNoise
+from jemkit_plugins.samplers.sampling import SGLD, UniformNoise
 
 from conftest import RECIPES
 

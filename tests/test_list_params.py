@@ -70,7 +70,7 @@ def probe_plugins(monkeypatch):
     """``jemkit.cli`` loads the built-in plugins plus a ``probe_step`` transition with params ``_Documented``."""
     loaded = load_plugins([("probe", _probe_plugin(_Documented))], entry_points=False)
     assert not loaded.failures, [f.message() for f in loaded.failures]
-    monkeypatch.setattr("jemkit.cli.load_plugins", lambda: loaded)
+    monkeypatch.setattr("jemkit.cli.list_plugins.load_plugins", lambda: loaded)
     return loaded
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from jemkit.contracts import Batch, BuildContext
-from jemkit_plugins.losses import CrossEntropyLoss, JEMLoss, JEMLossParams
-from jemkit_plugins.optim import WarmupMultiStepParams, build_warmup_multistep, warmup_multistep_factor
+from jemkit_plugins.training.losses import CrossEntropyLoss, JEMLoss, JEMLossParams
+from jemkit_plugins.training.optim import WarmupMultiStepParams, build_warmup_multistep, warmup_multistep_factor
 
 from test_contracts import _tiny_model
 

@@ -18,10 +18,10 @@ from torch import Tensor, nn
 from jemkit.contracts import Backbone, BuildContext, JointEnergyModel
 from jemkit.errors import JemkitError, RecipeError
 from jemkit.sampler import Sampler
-from jemkit_plugins.jempp import PYLD, MissingFirstLayerError, ProximalSGLD, ProximalSGLDParams, PYLDParams
-from jemkit_plugins.mcmc import HMC, MALA, HMCParams, MALAParams, build_hmc, build_mala
-from jemkit_plugins.heads import LinearHead
-from jemkit_plugins.sampling import SGLD, UniformNoise
+from jemkit_plugins.samplers.jempp import PYLD, MissingFirstLayerError, ProximalSGLD, ProximalSGLDParams, PYLDParams
+from jemkit_plugins.samplers.mcmc import HMC, MALA, HMCParams, MALAParams, build_hmc, build_mala
+from jemkit_plugins.models.heads import LinearHead
+from jemkit_plugins.samplers.sampling import SGLD, UniformNoise
 
 from conftest import gaussian_classes_model
 
@@ -306,7 +306,7 @@ def test_pyld_inner_steps_use_the_first_layer_vjp_with_fixed_p():
 
 
 def test_pyld_through_the_sampler_binds_the_model_and_descends(plugins):
-    from jemkit_plugins.backbones import ConvNetParams, build_convnet
+    from jemkit_plugins.models.backbones import ConvNetParams, build_convnet
 
     torch.manual_seed(12)
     context = BuildContext(input_shape=(1, 8, 8), num_classes=10)

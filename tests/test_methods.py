@@ -13,12 +13,12 @@ from jemkit.config import load_recipe
 from jemkit.contracts import BuildContext
 from jemkit.runlog import read_metrics
 from jemkit.train import Trainer
-from jemkit_plugins.data_torchvision import ImageDataParams, build_cifar10
-from jemkit_plugins.informative import CACHE_FILE
-from jemkit_plugins.jempp import PYLD
-from jemkit_plugins.mcmc import HMC, MALA
-from jemkit_plugins.sam import SAM, SAMParams, build_sam
-from jemkit_plugins.sampling import SGLD
+from jemkit_plugins.data.data_torchvision import ImageDataParams, build_cifar10
+from jemkit_plugins.samplers.informative import CACHE_FILE
+from jemkit_plugins.samplers.jempp import PYLD
+from jemkit_plugins.samplers.mcmc import HMC, MALA
+from jemkit_plugins.training.sam import SAM, SAMParams, build_sam
+from jemkit_plugins.samplers.sampling import SGLD
 
 from conftest import RECIPES, TINY_DIGITS
 from fakedata import write_fake_cifar10

@@ -10,7 +10,7 @@ from torch import nn
 
 from jemkit.contracts import BuildContext, JointEnergyModel, energy_and_grad
 from jemkit.sampler import Sampler, frozen_weights
-from jemkit_plugins.sampling import SGLD, ReplayBuffer, UniformNoise
+from jemkit_plugins.samplers.sampling import SGLD, ReplayBuffer, UniformNoise
 
 from conftest import gaussian_classes_model
 
@@ -64,7 +64,7 @@ def test_sgld_noise_has_the_requested_std():
 
 def test_langevin_samples_unit_gaussian():
     """Textbook Langevin (noise sqrt(2 eps)) on N(mu, I): moments within small-step bias."""
-    from jemkit_plugins.sampling import LangevinParams, build_langevin
+    from jemkit_plugins.samplers.sampling import LangevinParams, build_langevin
 
     torch.manual_seed(0)
     mu = torch.tensor([1.0, -1.0])

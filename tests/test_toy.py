@@ -11,9 +11,9 @@ from jemkit.config import load_recipe
 from jemkit.contracts import BuildContext, DataSplits
 from jemkit.sampler import Sampler
 from jemkit.train import Trainer
-from jemkit_plugins.data_toy import RING_RADII, TOY_DISTRIBUTIONS, ToyParams, eight_centres
-from jemkit_plugins.sampling import UniformNoise
-from jemkit_plugins.toy_plot import DENSITY_FILE
+from jemkit_plugins.data.data_toy import RING_RADII, TOY_DISTRIBUTIONS, ToyParams, eight_centres
+from jemkit_plugins.samplers.sampling import UniformNoise
+from jemkit_plugins.evaluation.toy_plot import DENSITY_FILE
 
 from conftest import RECIPES, TINY_DIGITS
 

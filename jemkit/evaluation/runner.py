@@ -34,7 +34,7 @@ from jemkit.errors import JemkitError
 from jemkit.evaluation import figures
 from jemkit.evaluation.calibration import expected_calibration_error, reliability_bins
 from jemkit.evaluation.detection import auroc, fpr_at_tpr
-from jemkit.evaluation.errors import EvalError
+from jemkit.errors import EvalError
 from jemkit.evaluation.features import FeatureExtractor, extract
 from jemkit.evaluation.frechet import frechet_distance, gaussian_stats
 from jemkit.evaluation.generation import buffer_contents, fresh_samples, grid_order, sample_quality

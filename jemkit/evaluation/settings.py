@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from jemkit.evaluation.errors import EvalError
+from jemkit.errors import EvalError
 
 #: Sections ``--only`` accepts, in report order.
 SECTIONS: tuple[str, ...] = ("acc", "calibration", "ood", "robustness", "generation")

@@ -155,7 +155,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     ood_params: dict[str, dict[str, Any]] = {}
     for key, value in args.ood_param:
         if "." not in key:
-            from jemkit.evaluation.errors import EvalError
+            from jemkit.errors import EvalError
 
             raise EvalError(f"--ood-param {key}={value}: write SET.KEY=VALUE, e.g. celeba_folder.root=/data/celeba.")
         name, field = key.split(".", 1)

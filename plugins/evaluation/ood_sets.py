@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from jemkit import hookimpl
 from jemkit.contracts import BuildContext
 from jemkit.errors import DataError
-from jemkit_plugins.data_common import GaussianNoise, TensorPairs, check_noise_std
-from jemkit_plugins.data_torchvision import IMAGE_SIZE, ImageDataParams, build_image_data
+from jemkit_plugins.data.data_common import GaussianNoise, TensorPairs, check_noise_std
+from jemkit_plugins.data.data_torchvision import IMAGE_SIZE, ImageDataParams, build_image_data
 
 if TYPE_CHECKING:
     from jemkit.registry import Registry

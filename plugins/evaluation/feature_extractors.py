@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from jemkit import hookimpl
 from jemkit.contracts import BuildContext
-from jemkit.evaluation.errors import EvalError
+from jemkit.errors import EvalError
 from jemkit.evaluation.features import FeatureExtractor
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class DigitsNet(nn.Module):
 
 
 def _digits_splits() -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    from jemkit_plugins.data_digits import DigitsParams, build_digits
+    from jemkit_plugins.data.data_digits import DigitsParams, build_digits
 
     data = build_digits(DigitsParams(), BuildContext())
     train, test = data.train, data.test

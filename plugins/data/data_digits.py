@@ -15,7 +15,7 @@ import torch
 
 from jemkit import hookimpl
 from jemkit.contracts import BuildContext, DataSplits
-from jemkit_plugins.data_common import TensorPairs, check_noise_std, check_val_size, holdout_split
+from jemkit_plugins.data.data_common import TensorPairs, check_noise_std, check_val_size, holdout_split
 
 if TYPE_CHECKING:
     from jemkit.registry import Registry

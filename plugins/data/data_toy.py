@@ -27,7 +27,7 @@ from torch import Tensor
 
 from jemkit import hookimpl
 from jemkit.contracts import BuildContext, DataSplits
-from jemkit_plugins.data_common import TensorPairs
+from jemkit_plugins.data.data_common import TensorPairs
 
 if TYPE_CHECKING:
     from jemkit.registry import Registry

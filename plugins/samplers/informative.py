@@ -37,7 +37,7 @@ from jemkit import hookimpl
 from jemkit.checkpoint import load_checkpoint, save_checkpoint
 from jemkit.contracts import BuildContext, ChainInit, ChainStart
 from jemkit.errors import CheckpointError
-from jemkit_plugins.sampling import ReplayBuffer
+from jemkit_plugins.samplers.sampling import ReplayBuffer
 
 #: File name of the cached fit inside the run directory.
 CACHE_FILE = "informative_init.safetensors"

@@ -25,7 +25,7 @@ from torchvision.datasets import VisionDataset
 from jemkit import hookimpl
 from jemkit.contracts import BuildContext, DataSplits
 from jemkit.errors import DataError
-from jemkit_plugins.data_common import (
+from jemkit_plugins.data.data_common import (
     GaussianNoise,
     TransformedView,
     check_noise_std,

@@ -5,7 +5,7 @@ gives the input shape and classes, and fitted initialisers read their cache from
 directory), the weights and sampler state are loaded from the newest step checkpoint in
 ``RUN_DIR/checkpoints`` (or ``--checkpoint PATH``), and the chains run with the recipe's
 transition. Image runs give a PNG grid; 2-D runs give the density picture of
-:mod:`jemkit_plugins.toy_plot` with the samples.
+:mod:`jemkit_plugins.evaluation.toy_plot` with the samples.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def sample_command(args: argparse.Namespace, console: Console, errors: Console) 
     from jemkit.contracts import BuildContext
     from jemkit.plugin_manager import load_plugins
     from jemkit.samples import save_sample_grid
-    from jemkit_plugins.sampling import UniformNoise
+    from jemkit_plugins.samplers.sampling import UniformNoise
 
     plugins = load_plugins()
     report_plugin_failures(plugins, errors)
@@ -135,7 +135,7 @@ def sample_command(args: argparse.Namespace, console: Console, errors: Console) 
     if len(shape) == 3:
         save_sample_grid(x, args.out, nrow=math.ceil(math.sqrt(args.n)))
     elif shape == (2,):
-        from jemkit_plugins.toy_plot import save_density_plot, training_inputs
+        from jemkit_plugins.evaluation.toy_plot import save_density_plot, training_inputs
 
         data_x = training_inputs(data.train, 2000)
         save_density_plot(args.out, model, data_x, x, title=str(cfg.get("name", "")))

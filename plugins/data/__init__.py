@@ -1,0 +1,1 @@
+"""Data plugins: the embedded digits set, torchvision image sets and generated 2-D toys."""

@@ -1,0 +1,1 @@
+"""Evaluation plugins: out-of-distribution sets, feature extractors and end-of-run plots."""

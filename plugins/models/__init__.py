@@ -1,0 +1,1 @@
+"""Model plugins: backbones (inputs to features) and energy heads (features to logits)."""

@@ -1,0 +1,1 @@
+"""Sampler plugins: chain initialisers and transitions (the SGLD family, MCMC, JEM++, informative starts)."""

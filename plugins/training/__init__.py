@@ -1,0 +1,1 @@
+"""Training plugins: losses, optimisers (SAM included) and learning-rate schedules."""
