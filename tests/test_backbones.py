@@ -10,7 +10,7 @@ from torch import nn
 
 from jemkit.contracts import Backbone, BuildContext, EnergyHead, JointEnergyModel
 from jemkit.registry import Registry
-from jemkit_plugins import backbones, heads
+from jemkit_plugins.models import backbones, heads
 from jemkit_plugins.models.backbones import (
     NORMS,
     ConvNetParams,

@@ -23,7 +23,7 @@ from fakedata import (
 from jemkit.contracts import BuildContext, DataSplits
 from jemkit.errors import DataError
 from jemkit.plugin_manager import load_plugins
-from jemkit_plugins import data_torchvision
+from jemkit_plugins.data import data_torchvision
 from jemkit_plugins.data.data_digits import DigitsParams, build_digits
 from jemkit_plugins.data.data_torchvision import ImageDataParams
 

@@ -10,8 +10,8 @@ from torch.utils.data import TensorDataset
 from jemkit.contracts import BuildContext
 from jemkit.errors import DataError
 from jemkit.errors import EvalError
-from jemkit_plugins import feature_extractors as fx
-from jemkit_plugins import ood_sets
+from jemkit_plugins.evaluation import feature_extractors as fx
+from jemkit_plugins.evaluation import ood_sets
 
 from fakedata import write_fake_cifar100, write_fake_svhn
 
