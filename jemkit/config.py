@@ -16,6 +16,7 @@ key or a wrong type is a :class:`~jemkit.errors.RecipeError` naming the recipe p
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from jemkit import defaults
 from jemkit.errors import RecipeError
 from jemkit.registry import Registry
 
@@ -84,9 +86,9 @@ class SamplerParams:
     """Kernel-level sampler settings (``sampler:`` section besides ``init`` and ``transition``)."""
 
     #: Transition steps per sampling call (K).
-    steps: int = 20
+    steps: int = defaults.SAMPLER_STEPS
     #: Model mode while sampling: ``eval`` (JEM) or ``train`` (JEM++ with batch norm).
-    model_mode: str = "eval"
+    model_mode: str = defaults.SAMPLER_MODEL_MODE
     #: Freeze the weights while sampling so no weight gradients are computed.
     freeze_weights: bool = True
 
@@ -114,11 +116,8 @@ TOP_LEVEL_KEYS: dict[str, bool] = {
     "performance": False,
 }
 
-DEFAULT_SAMPLER: dict[str, Any] = {
-    "steps": 20,
-    "init": {"name": "uniform"},
-    "transition": {"name": "sgld"},
-}
+#: The ``sampler:`` section of a recipe without one (the names and steps of :mod:`jemkit.defaults`).
+DEFAULT_SAMPLER: dict[str, Any] = defaults.sampler_section()
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -172,6 +171,17 @@ def switched_components(cfg: DictConfig, changes: DictConfig) -> list[str]:
     return found
 
 
+def _log_dropped_keys(cfg: DictConfig, changes: DictConfig, path: str, source: str) -> None:
+    """Warn (logger ``jemkit.config``; the CLI prints it) which keys of section ``path`` switching its ``name`` drops."""
+    old, given = OmegaConf.select(cfg, path), OmegaConf.select(changes, path)
+    dropped = [str(k) for k in old.keys() if k != "name" and k not in given]
+    if dropped:
+        logging.getLogger(__name__).warning(
+            f"{source}: {path}.name={given.name} replaces the {old.name!r} section {path}, so its keys "
+            f"{', '.join(dropped)} are dropped; set again any the new component takes, e.g. {path}.{dropped[0]}=..."
+        )
+
+
 def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...], source: str = "recipe") -> DictConfig:
     """Merge ``a.b=value`` overrides (YAML values) into ``cfg``.
 
@@ -191,6 +201,7 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...], sou
         changes = OmegaConf.from_dotlist(list(overrides))
         base = cfg.copy()
         for path in switched_components(base, changes):
+            _log_dropped_keys(base, changes, path, source)
             OmegaConf.update(base, path, {}, merge=False)
         merged = OmegaConf.merge(base, changes)
     except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
@@ -244,7 +255,7 @@ def component_params(registry: Registry, node: DictConfig, dotted: str, source: 
             f"(one of: {choices})."
         )
     name = node.name
-    component = registry.get(name)
+    component = registry.get(name, where=f"{source}, key {dotted}.name")
     raw = {k: v for k, v in node.items() if k != "name"}
     return name, build_params(component.params, raw, dotted, source, what=f"{registry.kind} {name!r}")
 

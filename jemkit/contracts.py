@@ -18,7 +18,7 @@ Factories registered for each kind are called by :mod:`jemkit.build` as::
                 current weights with the same batch and the same negatives
     schedule    factory(params, context, optimizer) -> LRScheduler, stepped once per iteration
     ood         factory(params, context) -> Dataset of (x, y) out-of-distribution inputs
-    feature_extractor  factory(params, context) -> nn.Module (inputs to features, for FID)
+    feature_extractor  factory(params, context) -> FeatureExtractor (features and logits, for FID/IS)
 """
 
 from __future__ import annotations
@@ -168,14 +168,34 @@ class Transition(abc.ABC):
     ``graph_safe = True`` declares that :meth:`step` launches the same kernels whatever the values
     of ``x`` (no host synchronisation, no Python branch on tensor values, no state kept between
     calls), so ``performance.cuda_graphs`` may capture the K-step loop as one CUDA graph.
+
+    ``differentiable = True`` declares that :meth:`differentiable_step` is implemented: the same
+    update as :meth:`step`, drawing the same random numbers, but returned as a function of ``x``
+    that autograd can differentiate (the end-to-end attack on ``jemkit eval``'s defence
+    differentiates the refinement through it).
     """
 
     #: Whether the K-step loop of this transition may be captured as a CUDA graph.
     graph_safe: bool = False
+    #: Whether :meth:`differentiable_step` is implemented.
+    differentiable: bool = False
 
     @abc.abstractmethod
     def step(self, x: Tensor, energy_fn: EnergyFn) -> StepResult:
         """Advance every chain by one step; must not keep an autograd graph alive."""
+
+    def differentiable_step(self, x: Tensor, energy_fn: EnergyFn) -> Tensor:
+        """The new chain states ``[N, ...]`` of :meth:`step`, kept in the autograd graph of ``x``.
+
+        ``x`` requires grad (or depends on a tensor that does) and grad mode is on; the energy's
+        input gradient is taken with ``create_graph=True`` so that second-order gradients flow
+        back to ``x``. Only for transitions that set ``differentiable = True``; the default raises
+        :class:`NotImplementedError`.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no differentiable step (its class sets differentiable = False); "
+            "only transitions that declare differentiable = True can be differentiated through."
+        )
 
 
 def energy_and_grad(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -185,6 +205,42 @@ def energy_and_grad(energy_fn: EnergyFn, x: Tensor) -> tuple[Tensor, Tensor]:
         energy = energy_fn(x)
         (grad,) = torch.autograd.grad(energy.sum(), x)
     return energy.detach(), grad.detach()
+
+
+def energy_grad_in_graph(energy_fn: EnergyFn, x: Tensor) -> Tensor:
+    """The input gradient ``dE/dx`` ``[N, ...]`` at ``x`` as a differentiable function of ``x``
+    (``create_graph=True``), for :meth:`Transition.differentiable_step`; ``x`` must be in a graph."""
+    (grad,) = torch.autograd.grad(energy_fn(x).sum(), x, create_graph=True)
+    return grad
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class FeatureExtractor(nn.Module, abc.ABC):
+    """Maps inputs in ``[-1, 1]`` to features ``[N, feature_dim]`` and logits ``[N, num_classes]``.
+
+    The ``feature_extractor`` contract (FID and Inception Score in ``jemkit eval``): a registered
+    factory ``factory(params, context) -> FeatureExtractor`` receives the evaluated model's
+    ``context.input_shape``; inputs are ``[N, *input_shape]`` and the extractor does any resizing
+    or channel conversion itself.
+    """
+
+    feature_dim: int
+    num_classes: int
+    #: Where the weights came from (file and checksum, or how they were trained), for the report.
+    weights: str = ""
+    #: Data set whose classes the logits name (``digits``, ``imagenet``); class-conditional sample
+    #: accuracy is measured only when it equals the evaluated run's data set.
+    data_set: str | None = None
+
+    @abc.abstractmethod
+    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Features ``[N, feature_dim]`` and class logits ``[N, num_classes]`` in one pass."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Features ``[N, feature_dim]``."""
+        return self.features_and_logits(x)[0]
 
 
 # --------------------------------------------------------------------------- training

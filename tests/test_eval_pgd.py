@@ -149,7 +149,7 @@ def test_pgd_against_the_defence_stays_in_the_ball():
 def test_end_to_end_defence_gradient_matches_finite_differences():
     model = _tiny_jem().double()
     sgld = SGLD(0.05, 0.0)
-    defended = DefendedClassifier(model, sgld, steps=3, copies=1, noise=0.0, attack="end_to_end", sgld=(0.05, 0.0))
+    defended = DefendedClassifier(model, sgld, steps=3, copies=1, noise=0.0, attack="end_to_end")
     x = (torch.rand(2, 1, 8, 8, dtype=torch.float64) * 2 - 1).requires_grad_(True)
     (grad,) = torch.autograd.grad(defended(x)[:, 3].sum(), x)
 
@@ -169,12 +169,91 @@ def test_end_to_end_defence_gradient_matches_finite_differences():
     assert not torch.allclose(grad, approx)
 
 
-def test_sgld_settings_for_the_end_to_end_attack(plugins):
-    from jemkit.errors import EvalError
-    from jemkit.evaluation.runner import sgld_settings
+def _registered(plugins, name, **params):
+    from jemkit.config import build_params
 
-    assert sgld_settings(plugins, {"name": "sgld", "step_size": 0.5, "noise": 0.02}) == (0.5, 0.02)
-    assert sgld_settings(plugins, {"name": "sgld"}) == (1.0, 0.01), "the transition's own defaults"
-    assert sgld_settings(plugins, {"name": "langevin", "step_size": 0.02}) == pytest.approx((0.02, 0.2))
-    with pytest.raises(EvalError, match="--defence-attack bpda"):
-        sgld_settings(plugins, {"name": "mala", "step_size": 0.1})
+    component = plugins.registries["transition"].get(name)
+    return component.factory(build_params(component.params, params, name), BuildContext(input_shape=(1, 8, 8)))
+
+
+def test_differentiable_steps_are_the_transitions_own_updates(plugins):
+    """sgld (its own step size and noise, defaults included), langevin (noise sqrt(2 * step_size)) and
+    proximal_sgld differentiate their own update: the same numbers and random draws as ``step``."""
+    model = _tiny_jem().double()
+    x = torch.rand(4, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.energy(x).sum(), x)
+    cases = (
+        (_registered(plugins, "sgld", step_size=0.5, noise=0.02), 0.5, 0.02),
+        (_registered(plugins, "sgld"), 1.0, 0.01),  # the transition's own defaults
+        (_registered(plugins, "langevin", step_size=0.02), 0.02, 0.2),
+    )
+    for transition, step_size, noise in cases:
+        assert transition.differentiable
+        torch.manual_seed(7)
+        moved = transition.differentiable_step(x, model.energy)
+        assert moved.requires_grad and moved.grad_fn is not None, "the result stays in x's graph"
+        torch.manual_seed(7)
+        expected = x.detach() - step_size * grad + noise * torch.randn_like(x)
+        assert torch.allclose(moved.detach(), expected, atol=1e-12)
+        torch.manual_seed(7)
+        assert torch.equal(transition.step(x.detach(), model.energy).x, moved.detach())
+    proximal = _registered(plugins, "proximal_sgld", step_size=0.5, noise=0.01)
+    torch.manual_seed(7)
+    moved = proximal.differentiable_step(x, model.energy)
+    torch.manual_seed(7)
+    assert torch.equal(proximal.step(x.detach(), model.energy).x, moved.detach())
+    assert moved.detach().abs().max() <= 1.0
+
+
+def test_end_to_end_proximal_refinement_gradient_matches_finite_differences(plugins):
+    model = _tiny_jem().double()
+    proximal = _registered(plugins, "proximal_sgld", step_size=0.5, grad_clamp=0.01)
+    defended = DefendedClassifier(model, proximal, steps=3, copies=1, noise=0.0, attack="end_to_end")
+    x = (torch.rand(2, 1, 8, 8, dtype=torch.float64) * 1.8 - 0.9).requires_grad_(True)
+    (grad,) = torch.autograd.grad(defended(x)[:, 3].sum(), x)
+
+    def f(inputs):
+        with torch.no_grad():
+            return defended(inputs)[:, 3].sum()
+
+    h = 1e-6
+    for index in [(0, 0, 2, 3), (1, 0, 5, 1), (1, 0, 7, 7)]:
+        bump = torch.zeros_like(x)
+        bump[index] = h
+        numeric = (f(x.detach() + bump) - f(x.detach() - bump)) / (2 * h)
+        assert float(grad[index]) == pytest.approx(float(numeric), rel=1e-4, abs=1e-8)
+
+
+def test_transitions_without_a_differentiable_step_refuse_the_end_to_end_attack(plugins):
+    from omegaconf import OmegaConf
+
+    from jemkit.errors import EvalError
+    from jemkit.evaluation.components import defence_transition
+    from jemkit.evaluation.settings import resolve_settings
+
+    model = _tiny_jem()
+    mala = _registered(plugins, "mala", step_size=0.1)
+    assert not mala.differentiable
+    with pytest.raises(NotImplementedError, match="differentiable = False"):
+        mala.differentiable_step(torch.zeros(1, 1, 8, 8, requires_grad=True), model.energy)
+    with pytest.raises(ValueError, match="bpda"):
+        DefendedClassifier(model, mala, steps=1, copies=1, noise=0.0, attack="end_to_end")
+    assert DefendedClassifier(model, mala, steps=1, copies=1, noise=0.0, attack="bpda").attack == "bpda"
+
+    class _Run:  # what defence_transition reads of a LoadedRun
+        cfg = OmegaConf.create({"sampler": {"transition": {"name": "mala", "step_size": 0.1}}})
+        sampler = type("S", (), {"transition": mala, "model_mode": "eval"})()
+        context = BuildContext(input_shape=(1, 8, 8))
+
+    settings = resolve_settings("digits", {"defence": True, "defence_attack": "end_to_end"})
+    with pytest.raises(EvalError, match="--defence-attack bpda") as info:
+        defence_transition(plugins, settings, _Run())
+    message = str(info.value)
+    assert "'mala'" in message and "sgld" in message and "langevin" in message and "proximal_sgld" in message
+    assert "hmc" not in message, "only transitions that declare a differentiable step are offered"
+    bpda = resolve_settings("digits", {"defence": True, "defence_attack": "bpda"})
+    assert defence_transition(plugins, bpda, _Run())[0] is mala
+    cli_sgld = resolve_settings("digits", {"defence": True, "refine_step_size": 0.5, "refine_noise": 0.02})
+    transition, info_cli = defence_transition(plugins, cli_sgld, _Run())
+    assert (transition.step_size, transition.noise) == (0.5, 0.02) and info_cli["source"] == "cli"

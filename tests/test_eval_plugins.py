@@ -140,6 +140,36 @@ def test_digits_classifier_training_is_deterministic():
         assert torch.equal(p, q), name
 
 
+def test_shipped_digits_classifier_loads_without_training(tmp_path, monkeypatch):
+    from jemkit_plugins.data.data_digits import DigitsParams, build_digits
+
+    monkeypatch.setenv("JEMKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(fx, "train_digits_classifier", lambda p: pytest.fail("the shipped weights need no training"))
+    extractor = fx.build_digits_classifier(fx.DigitsClassifierParams(), BuildContext(input_shape=(1, 8, 8)))
+    assert "shipped with jemkit" in extractor.weights and fx.SHIPPED_DIGITS_SHA256[:16] in extractor.weights
+    assert not list(tmp_path.iterdir()), "nothing is cached"
+    assert fx.file_sha256(fx.shipped_digits_weights()) == fx.SHIPPED_DIGITS_SHA256
+    assert fx.shipped_digits_weights().stat().st_size < 100_000, "package data stays tiny"
+    test = build_digits(DigitsParams(), BuildContext()).test
+    with torch.no_grad():
+        accuracy = float((extractor.features_and_logits(test.x)[1].argmax(1) == test.targets).double().mean())
+    assert accuracy == pytest.approx(extractor.test_accuracy, abs=1e-9) and accuracy >= 0.95
+
+
+def test_shipped_digits_classifier_sha256_is_checked(tmp_path, monkeypatch):
+    changed = tmp_path / fx.SHIPPED_DIGITS_WEIGHTS
+    data = bytearray(fx.shipped_digits_weights().read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    changed.write_bytes(bytes(data))
+    monkeypatch.setattr(fx, "shipped_digits_weights", lambda: changed)
+    with pytest.raises(EvalError, match="sha256") as info:
+        fx.build_digits_classifier(fx.DigitsClassifierParams(), BuildContext(input_shape=(1, 8, 8)))
+    assert fx.SHIPPED_DIGITS_SHA256 in str(info.value) and "scripts/train_digits_classifier.py" in str(info.value)
+    monkeypatch.setattr(fx, "shipped_digits_weights", lambda: tmp_path / "gone.safetensors")
+    with pytest.raises(EvalError, match="missing"):
+        fx.build_digits_classifier(fx.DigitsClassifierParams(), BuildContext(input_shape=(1, 8, 8)))
+
+
 @pytest.mark.slow
 def test_default_digits_classifier_is_accurate(tmp_path, monkeypatch):
     monkeypatch.setenv("JEMKIT_CACHE", str(tmp_path))

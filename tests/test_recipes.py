@@ -139,3 +139,31 @@ def test_switching_a_component_by_override_starts_its_section_afresh():
     assert cfg.sampler.init.name == "replay_buffer" and cfg.sampler.init.size == 10000  # siblings untouched
     same = load_recipe(RECIPES / "jem_digits.yaml", ["sampler.transition.name=sgld", "sampler.transition.noise=0.0"])
     assert dict(same.sampler.transition) == {"name": "sgld", "step_size": 1.0, "noise": 0.0}  # same name: merged
+
+
+def test_sections_a_recipe_leaves_out_are_the_defaults_table(plugins):
+    """Without seed, sampler and schedule a recipe gets the registered components jemkit.defaults names."""
+    import torch
+
+    from jemkit import defaults
+    from jemkit.build import build_by_name
+
+    cfg = load_recipe(RECIPES / "jem_digits.yaml", ["train.batch_size=16", "performance.channels_last=false"])
+    for key in ("seed", "sampler", "schedule"):
+        del cfg[key]
+    experiment = build_experiment(plugins, cfg)
+    assert experiment.context.seed == defaults.SEED == 1
+    sampler = experiment.sampler
+    assert (sampler.steps, sampler.model_mode) == (defaults.SAMPLER_STEPS, defaults.SAMPLER_MODEL_MODE) == (20, "eval")
+    init = build_by_name(plugins, "chain_init", defaults.CHAIN_INIT, experiment.context)
+    transition = build_by_name(plugins, "transition", defaults.TRANSITION, experiment.context)
+    assert type(sampler.init) is type(init) and type(sampler.transition) is type(transition)
+    assert (sampler.transition.step_size, sampler.transition.noise) == (1.0, 0.01), "the transition's own defaults"
+    schedule = experiment.schedule
+    spare = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    assert type(schedule) is type(build_by_name(plugins, "schedule", defaults.SCHEDULE, experiment.context, spare))
+    lr = [group["lr"] for group in experiment.optimizer.param_groups]
+    for _ in range(5):
+        experiment.optimizer.step()
+        schedule.step()
+    assert [group["lr"] for group in experiment.optimizer.param_groups] == lr, "the default schedule keeps the LR"

@@ -125,6 +125,36 @@ def test_density_picture_only_for_2d_runs(cli, tmp_path):
     assert not (digits / "samples" / DENSITY_FILE).exists()
 
 
+def test_the_draw_samples_hook_draws_2d_samples_and_declines_other_inputs(plugins, tmp_path):
+    """``jemkit sample``'s picture comes from the ``jemkit_draw_samples`` hook: toy_plot draws 2-D runs
+    (the density with training points and samples) and returns None for images, left to the grid."""
+    from omegaconf import OmegaConf
+
+    from jemkit.build import build_data, build_model
+
+    cfg = OmegaConf.create(
+        {
+            "data": {"name": "two_moons", "n_train": 300, "n_test": 100},
+            "model": {"backbone": {"name": "mlp"}, "head": {"name": "linear"}},
+        }
+    )
+    context = BuildContext()
+    data = build_data(plugins, cfg, context)
+    model = build_model(plugins, cfg, context)
+    samples = torch.rand(40, 2) * 2 - 1
+    out = tmp_path / "drawn" / "moons.png"
+    drawn = plugins.hook.jemkit_draw_samples(
+        path=out, model=model, samples=samples, data=data, context=context, title="moons"
+    )
+    assert drawn == out and out.stat().st_size > 1000 and out.read_bytes()[:8] == PNG_MAGIC
+    images = BuildContext(input_shape=(1, 8, 8), num_classes=10)
+    other = tmp_path / "image.png"
+    declined = plugins.hook.jemkit_draw_samples(
+        path=other, model=model, samples=torch.rand(4, 1, 8, 8), data=data, context=images, title=""
+    )
+    assert declined is None and not other.exists()
+
+
 # --------------------------------------------------------------------------- a trained toy model, in MMD
 
 

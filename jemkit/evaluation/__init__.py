@@ -4,11 +4,15 @@ Modules, one job each: :mod:`~jemkit.evaluation.settings` (defaults per data set
 :mod:`~jemkit.evaluation.rundir` (open a run at a checkpoint), :mod:`~jemkit.evaluation.scores`
 (``p(y|x)`` and the OOD scores), :mod:`~jemkit.evaluation.calibration`,
 :mod:`~jemkit.evaluation.detection` (AUROC, FPR95), :mod:`~jemkit.evaluation.pgd`,
-:mod:`~jemkit.evaluation.refine` (SGLD refinement, the JEM defence),
+:mod:`~jemkit.evaluation.refine` (refinement by a transition, the JEM defence),
 :mod:`~jemkit.evaluation.frechet`, :mod:`~jemkit.evaluation.inception_score`,
-:mod:`~jemkit.evaluation.features` (the ``feature_extractor`` contract),
+:mod:`~jemkit.evaluation.features` (features of a :class:`~jemkit.contracts.FeatureExtractor`),
 :mod:`~jemkit.evaluation.generation`, :mod:`~jemkit.evaluation.figures`,
-:mod:`~jemkit.evaluation.report` and :mod:`~jemkit.evaluation.runner` (the whole command).
+:mod:`~jemkit.evaluation.components` (OOD sets, feature extractor, refinement transition and
+fresh-chain initialiser, looked up by name), :mod:`~jemkit.evaluation.inputs` (the shared inputs,
+drawn once), :mod:`~jemkit.evaluation.sections` (each section, run by run),
+:mod:`~jemkit.evaluation.protocol` (the report's protocol text), :mod:`~jemkit.evaluation.report`
+and :mod:`~jemkit.evaluation.runner` (the whole command, orchestration only).
 
 Conventions: inputs live in ``[-1, 1]`` and so do PGD epsilons (``8/255`` in ``[0, 1]`` units is
 ``16/255`` here). Lower energy means more likely; ``log p(x) = -E(x)`` up to a constant. OOD

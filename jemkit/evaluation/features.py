@@ -1,36 +1,17 @@
-"""The ``feature_extractor`` contract: inputs to features (for FID) and class logits (for IS).
+"""Features and logits of a batch of inputs from a feature extractor (FID, Inception Score).
 
-A registered factory ``factory(params, context) -> FeatureExtractor`` receives the evaluated
-model's ``context.input_shape``; inputs are ``[N, *input_shape]`` in ``[-1, 1]``, and the extractor
-does any resizing or channel conversion itself.
+The ``feature_extractor`` contract itself, :class:`~jemkit.contracts.FeatureExtractor`, lives in
+:mod:`jemkit.contracts` with the other contracts; it is re-exported here for older imports.
 """
 
 from __future__ import annotations
 
-import abc
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from jemkit.contracts import FeatureExtractor
 
-class FeatureExtractor(nn.Module, abc.ABC):
-    """Maps inputs in ``[-1, 1]`` to features ``[N, feature_dim]`` and logits ``[N, num_classes]``."""
-
-    feature_dim: int
-    num_classes: int
-    #: Where the weights came from (file and checksum, or how they were trained), for the report.
-    weights: str = ""
-    #: Data set whose classes the logits name (``digits``, ``imagenet``); class-conditional sample
-    #: accuracy is measured only when it equals the evaluated run's data set.
-    data_set: str | None = None
-
-    @abc.abstractmethod
-    def features_and_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Features ``[N, feature_dim]`` and class logits ``[N, num_classes]`` in one pass."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Features ``[N, feature_dim]``."""
-        return self.features_and_logits(x)[0]
+__all__ = ["FeatureExtractor", "extract"]
 
 
 def extract(extractor: FeatureExtractor, x: Tensor, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:

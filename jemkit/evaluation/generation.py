@@ -3,7 +3,7 @@
 Fresh chains start from ``U(-1, 1)`` and run the run's own transition for ``steps`` steps on
 ``E(x)`` (unconditional) or ``E(x, y) = -f(x)[y]`` (class-conditional); replay-buffer samples are
 the stored chain states of a persistent sampler. Quality is measured with a
-:class:`~jemkit.evaluation.features.FeatureExtractor` against the features of real images.
+:class:`~jemkit.contracts.FeatureExtractor` against the features of real images.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Input refinement by SGLD on ``E(x)`` and the JEM defence built on it.
+"""Input refinement by a sampler transition on ``E(x)`` and the JEM defence built on it.
 
 Refinement runs ``steps`` transitions of a sampler transition (the run's own, or SGLD with given
 step size and noise) on the marginal energy ``E(x) = -logsumexp f(x)``: it moves inputs downhill in
@@ -9,8 +9,10 @@ logits of ``copies`` refined noisy copies ``x + N(0, noise^2)``. Every forward p
 noise, so an attack's gradient is an expectation over transformations (EOT, Athalye et al. 2018).
 How the gradient passes the refinement is the ``attack`` mode:
 
-- ``end_to_end``: the SGLD steps ``x <- x - step_size * dE/dx + noise * N(0, I)`` are differentiated
-  exactly (second-order autograd through every energy gradient). Needs an SGLD-type transition.
+- ``end_to_end``: the refinement's own steps (for SGLD ``x <- x - step_size * dE/dx + noise *
+  N(0, I)``) are differentiated exactly through the transition's
+  :meth:`~jemkit.contracts.Transition.differentiable_step` (second-order autograd through every
+  energy gradient). Needs a transition that declares ``differentiable = True``.
 - ``bpda``: Backward Pass Differentiable Approximation: the refinement counts as the identity in the
   backward pass (the gradient of the logits at the refined point). Works with any transition, but
   can mask gradients when refinement moves inputs far (a plain classifier's chains run away).
@@ -33,27 +35,31 @@ def refine(model: JointEnergyModel, x: Tensor, transition: Transition, steps: in
     return run_chains(model, transition, x, None, max(steps, 0), mode=mode).x
 
 
-def sgld_refine_differentiable(
-    model: JointEnergyModel, x: Tensor, step_size: float, noise: float, steps: int, mode: str = "eval"
+def refine_differentiable(
+    model: JointEnergyModel, x: Tensor, transition: Transition, steps: int, mode: str = "eval"
 ) -> Tensor:
-    """SGLD refinement ``x <- x - step_size * dE/dx + noise * N(0, I)`` kept differentiable in ``x``."""
+    """``x`` after ``steps`` :meth:`~jemkit.contracts.Transition.differentiable_step` calls on ``E(x)``,
+    kept differentiable in ``x`` (model in ``mode`` meanwhile); the same random draws as :func:`refine`."""
+    if not getattr(transition, "differentiable", False):
+        raise ValueError(f"{type(transition).__name__} declares no differentiable step (differentiable = False)")
+    bind = getattr(transition, "bind", None)
+    if callable(bind):  # the optional protocol of run_chains: transitions that need the model
+        bind(model, None)
     with model_mode(model, mode), torch.enable_grad():
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
-        for _ in range(steps):
-            (grad,) = torch.autograd.grad(model.energy(x).sum(), x, create_graph=True)
-            x = x - step_size * grad
-            if noise > 0:
-                x = x + noise * torch.randn_like(x)
+        for _ in range(max(steps, 0)):
+            x = transition.differentiable_step(x, model.energy)
     return x
 
 
 class DefendedClassifier:
     """Logits ``[N, C]`` averaged over ``copies`` noisy, refined copies of the input.
 
-    ``attack="end_to_end"`` needs ``sgld=(step_size, noise)``, the refinement's SGLD settings, and
-    differentiates through it; ``"bpda"`` refines with ``transition`` and passes gradients straight
-    through. Without a gradient to compute, both refine with ``transition``.
+    ``attack="end_to_end"`` differentiates through the refinement with ``transition``'s
+    differentiable step (it must declare ``differentiable = True``); ``"bpda"`` refines with
+    ``transition`` and passes gradients straight through. Without a gradient to compute, both
+    refine with ``transition.step``.
     """
 
     def __init__(
@@ -65,14 +71,16 @@ class DefendedClassifier:
         noise: float,
         mode: str = "eval",
         attack: str = "bpda",
-        sgld: tuple[float, float] | None = None,
     ) -> None:
         if copies < 1 or steps < 0 or noise < 0:
             raise ValueError(f"need copies >= 1, steps >= 0, noise >= 0; got {copies}, {steps}, {noise}")
         if attack not in ATTACKS:
             raise ValueError(f"attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
-        if attack == "end_to_end" and sgld is None:
-            raise ValueError("the end_to_end attack needs the SGLD step size and noise of the refinement")
+        if attack == "end_to_end" and not getattr(transition, "differentiable", False):
+            raise ValueError(
+                f"the end_to_end attack differentiates the refinement, but {type(transition).__name__} "
+                "declares no differentiable step; use attack='bpda'"
+            )
         self.model = model
         self.transition = transition
         self.steps = steps
@@ -80,13 +88,11 @@ class DefendedClassifier:
         self.noise = noise
         self.mode = mode
         self.attack = attack
-        self.sgld = sgld
 
     def _one_copy(self, x: Tensor) -> Tensor:
         noisy = x + self.noise * torch.randn_like(x) if self.noise > 0 else x
         if self.attack == "end_to_end" and x.requires_grad and torch.is_grad_enabled():
-            assert self.sgld is not None
-            refined = sgld_refine_differentiable(self.model, noisy, *self.sgld, self.steps, self.mode)
+            refined = refine_differentiable(self.model, noisy, self.transition, self.steps, self.mode)
             return self.model(refined)
         refined = refine(self.model, noisy, self.transition, self.steps, self.mode)
         return self.model(noisy + (refined - noisy).detach())  # BPDA: identity in the backward pass

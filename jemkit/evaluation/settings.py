@@ -19,6 +19,8 @@ from jemkit.errors import EvalError
 SECTIONS: tuple[str, ...] = ("acc", "calibration", "ood", "robustness", "generation")
 #: Attack norms.
 NORMS: tuple[str, ...] = ("linf", "l2")
+#: The registered feature extractor whose ``weights`` parameter ``--inception-weights`` sets.
+INCEPTION_EXTRACTOR = "inception"
 
 
 @dataclass
@@ -63,7 +65,7 @@ class EvalSettings:
     #: Transition steps of fresh chains started from U(-1, 1).
     sgld_steps: int = 100
     grid_per_class: int = 10
-    feature_extractor: str = "inception"
+    feature_extractor: str = INCEPTION_EXTRACTOR
     extractor_params: dict[str, Any] = field(default_factory=dict)
     inception_weights: str | None = None
     is_splits: int = 10
@@ -94,7 +96,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "robust_n": 500,
         "n_samples": 10000,
         "sgld_steps": 100,
-        "feature_extractor": "inception",
+        "feature_extractor": INCEPTION_EXTRACTOR,
         "is_splits": 10,
     },
 }

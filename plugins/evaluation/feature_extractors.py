@@ -6,9 +6,13 @@ nothing is ever downloaded. Features are the 2048-d pooled activations, logits t
 classes. Inputs in ``[-1, 1]`` are what these weights expect once ``transform_input`` is off;
 grey inputs are repeated to three channels and everything is resized bilinearly to 299x299.
 
-``digits_classifier``: a small conv net trained by jemkit on the digits TRAIN split (fixed seed,
-a few seconds on a CPU), cached as safetensors in ``$JEMKIT_CACHE`` (default ``~/.cache/jemkit``)
-and reused. Features are its 32-d pooled activations, logits its 10 digit classes.
+``digits_classifier``: a small conv net trained on the digits TRAIN split. With the default
+training parameters its weights ship with jemkit (``digits_classifier-v2.safetensors`` beside this
+module, written once by ``scripts/train_digits_classifier.py``, sha256 checked at every load), so
+digits-FID/IS/KID are the same on every machine. Other training parameters train a classifier on
+first use (a few seconds on a CPU) and cache it in ``$JEMKIT_CACHE`` (default ``~/.cache/jemkit``);
+such weights differ between machines. Features are its 32-d pooled activations, logits its 10
+digit classes.
 """
 
 from __future__ import annotations
@@ -26,9 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jemkit import hookimpl
-from jemkit.contracts import BuildContext
+from jemkit.contracts import BuildContext, FeatureExtractor
 from jemkit.errors import EvalError
-from jemkit.evaluation.features import FeatureExtractor
 
 if TYPE_CHECKING:
     from jemkit.registry import Registry
@@ -153,15 +156,23 @@ def build_inception(params: InceptionParams, context: BuildContext) -> Inception
 
 # --------------------------------------------------------------------------- digits classifier
 
-#: Version of the digits classifier's architecture and training; part of the cache file name.
-DIGITS_CLASSIFIER_VERSION = "v1"
+#: Version of the digits classifier's architecture and training; part of the weights' file names.
+#: v2: same net and training as v1, but the default weights ship with jemkit instead of being
+#: trained on each machine (v1 numbers from different machines are not comparable).
+DIGITS_CLASSIFIER_VERSION = "v2"
+#: The shipped weights (package data of ``jemkit_plugins.evaluation``).
+SHIPPED_DIGITS_WEIGHTS = f"digits_classifier-{DIGITS_CLASSIFIER_VERSION}.safetensors"
+#: SHA-256 of the shipped weights file, checked before it is loaded.
+SHIPPED_DIGITS_SHA256 = "db27429f7472a32fd52f0cf95438634282926a9b04d245cf5c9b7fd8f142f7a1"
+#: Safetensors metadata key holding the training record (JSON).
+DIGITS_METADATA_KEY = "jemkit.digits_classifier"
 #: Std of the Gaussian noise added to training inputs ([-1, 1] units), as JEM adds to its data.
 DIGITS_TRAIN_NOISE = 0.03
 
 
 @dataclass
 class DigitsClassifierParams:
-    """How the independent digits classifier is trained and where its weights are cached."""
+    """How the digits classifier is trained: the defaults load the shipped weights, other values train and cache one."""
 
     epochs: int = 20
     seed: int = 0
@@ -264,8 +275,57 @@ def _save_atomic(net: DigitsNet, path: Path, metadata: dict[str, str]) -> None:
             os.unlink(tmp)
 
 
+def shipped_digits_weights() -> Path:
+    """Path of the shipped weights file (inside the installed ``jemkit_plugins.evaluation`` package)."""
+    return Path(__file__).resolve().with_name(SHIPPED_DIGITS_WEIGHTS)
+
+
+def is_shipped_configuration(params: DigitsClassifierParams) -> bool:
+    """Whether ``params`` train the shipped weights (the defaults; ``cache_dir`` does not matter)."""
+    default = DigitsClassifierParams()
+    return (params.epochs, params.seed, params.batch_size, params.lr) == (
+        default.epochs,
+        default.seed,
+        default.batch_size,
+        default.lr,
+    )
+
+
+def load_shipped_digits_classifier(path: Path | None = None) -> DigitsClassifierFeatures:
+    """The shipped classifier: its file's sha256 checked against :data:`SHIPPED_DIGITS_SHA256`, no training."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = shipped_digits_weights() if path is None else path
+    fix = (
+        "Reinstall jemkit (`pip install --force-reinstall jemkit`, or `git checkout` the file in a source "
+        "checkout); a maintainer who retrained it on purpose with scripts/train_digits_classifier.py must also "
+        "update SHIPPED_DIGITS_SHA256 in plugins/evaluation/feature_extractors.py."
+    )
+    if not path.is_file():
+        raise EvalError(f"The digits classifier's shipped weights {str(path)!r} are missing. {fix}")
+    digest = file_sha256(path)
+    if digest != SHIPPED_DIGITS_SHA256:
+        raise EvalError(
+            f"The digits classifier's weights {str(path)!r} have sha256 {digest}, but jemkit shipped "
+            f"{SHIPPED_DIGITS_SHA256}: the file was changed or damaged, and digits-FID/IS/KID computed with it "
+            f"would not be comparable with anyone else's. {fix}"
+        )
+    net = DigitsNet()
+    net.load_state_dict(load_file(str(path)))
+    with safe_open(str(path), framework="pt") as handle:
+        info = json.loads(handle.metadata()[DIGITS_METADATA_KEY])
+    accuracy = float(info["test_accuracy"])
+    weights = (
+        f"jemkit digits classifier {DIGITS_CLASSIFIER_VERSION} (shipped with jemkit): seed {info['seed']}, "
+        f"{info['epochs']} epochs on the digits train split (split_seed {info['split_seed']}), clean test accuracy "
+        f"{accuracy:.4f}; {path.name} (sha256 {digest[:16]})"
+    )
+    return DigitsClassifierFeatures(net.eval(), weights, accuracy)
+
+
 def load_or_train_digits_classifier(params: DigitsClassifierParams) -> DigitsClassifierFeatures:
-    """The cached classifier for ``params``, training and caching it first when absent."""
+    """The cached classifier for ``params``, training and caching it first when absent (not the shipped one)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -277,7 +337,7 @@ def load_or_train_digits_classifier(params: DigitsClassifierParams) -> DigitsCla
         try:
             net.load_state_dict(load_file(str(path)))
             with safe_open(str(path), framework="pt") as handle:
-                accuracy = float(json.loads(handle.metadata()["jemkit.digits_classifier"])["test_accuracy"])
+                accuracy = float(json.loads(handle.metadata()[DIGITS_METADATA_KEY])["test_accuracy"])
         except Exception:  # a damaged cache file is rebuilt, not trusted
             path.unlink(missing_ok=True)
             return load_or_train_digits_classifier(params)
@@ -286,7 +346,7 @@ def load_or_train_digits_classifier(params: DigitsClassifierParams) -> DigitsCla
         net, accuracy = train_digits_classifier(params)
         info = {"test_accuracy": accuracy, "epochs": params.epochs, "seed": params.seed, "torch": torch.__version__}
         try:
-            _save_atomic(net, path, {"jemkit.digits_classifier": json.dumps(info)})
+            _save_atomic(net, path, {DIGITS_METADATA_KEY: json.dumps(info)})
         except OSError as exc:
             raise EvalError(
                 f"Could not cache the digits classifier in {str(path.parent)!r} ({exc}). Set ${CACHE_ENV} to a "
@@ -295,17 +355,20 @@ def load_or_train_digits_classifier(params: DigitsClassifierParams) -> DigitsCla
         how = "trained now"
     weights = (
         f"jemkit digits classifier {DIGITS_CLASSIFIER_VERSION} ({how}): seed {params.seed}, {params.epochs} epochs "
-        f"on the digits train split, clean test accuracy {accuracy:.4f}; {path} (sha256 {file_sha256(path)[:16]})"
+        f"on the digits train split, clean test accuracy {accuracy:.4f}; {path} (sha256 {file_sha256(path)[:16]}; "
+        "trained on this machine, so not comparable across machines)"
     )
     return DigitsClassifierFeatures(net.eval(), weights, accuracy)
 
 
 def build_digits_classifier(params: DigitsClassifierParams, context: BuildContext) -> DigitsClassifierFeatures:
-    """Independent digits classifier (trained once on the digits train split, cached): 32-d features, 10 logits."""
+    """Independent digits classifier (shipped weights for the default parameters): 32-d features, 10 logits."""
     if context.input_shape is not None and tuple(context.input_shape) != (1, 8, 8):
         raise ValueError(
             f"digits_classifier reads 1x8x8 digits, but the model takes inputs of shape {context.input_shape}"
         )
+    if is_shipped_configuration(params):
+        return load_shipped_digits_classifier()
     return load_or_train_digits_classifier(params)
 
 

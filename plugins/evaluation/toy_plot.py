@@ -4,6 +4,7 @@ A lifecycle-hook plugin: at ``jemkit_run_end`` it acts only when the input shape
 and writes ``run_dir/samples/density.png`` (left: density and training data; right: density
 and samples from the run's sampler). The density is ``exp(-(E - min E))`` over the grid, so the
 most likely grid point has value 1. The trainer's own sample grid handles only images.
+Through ``jemkit_draw_samples`` it also draws the samples of ``jemkit sample`` for 2-D runs.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch
 from torch import Tensor
 
 from jemkit import hookimpl
-from jemkit.checkpoint import rng_state, set_rng_state
-from jemkit.contracts import JointEnergyModel
+from jemkit.rng import rng_state, set_rng_state
+from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel
 
 #: File name of the picture inside ``run_dir/samples``.
 DENSITY_FILE = "density.png"
@@ -105,3 +106,13 @@ def jemkit_run_end(run: Any, summary: dict[str, Any]) -> None:
         save_density_plot(Path(run.run_dir) / "samples" / DENSITY_FILE, run.model, data, samples, title=name)
     finally:
         set_rng_state(state)
+
+
+@hookimpl
+def jemkit_draw_samples(
+    path: Path, model: JointEnergyModel, samples: Tensor, data: DataSplits, context: BuildContext, title: str
+) -> Path | None:
+    """For 2-D inputs, the density picture with ``PLOT_DATA`` training points and ``samples``; else ``None``."""
+    if tuple(context.input_shape or ()) != (2,):
+        return None
+    return save_density_plot(path, model, training_inputs(data.train, PLOT_DATA), samples, title=title)

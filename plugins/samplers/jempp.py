@@ -18,7 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from jemkit import hookimpl
-from jemkit.contracts import BuildContext, EnergyFn, JointEnergyModel, StepResult, Transition, energy_and_grad
+from jemkit.contracts import (
+    BuildContext,
+    EnergyFn,
+    JointEnergyModel,
+    StepResult,
+    Transition,
+    energy_and_grad,
+    energy_grad_in_graph,
+)
 from jemkit.errors import RecipeError
 
 
@@ -65,6 +73,7 @@ class ProximalSGLD(Transition):
     """``x <- clamp(x - step_size * clamp(dE/dx, -c, c) + noise * N(0, I), low, high)``."""
 
     graph_safe = True
+    differentiable = True
 
     def __init__(self, params: ProximalSGLDParams) -> None:
         self.params = params
@@ -75,6 +84,12 @@ class ProximalSGLD(Transition):
         x_new = proximal_update(x.detach(), grad, p.step_size, p.grad_clamp, p.low, p.high, p.noise)
         # grad_norm reports the unclamped gradient, so logs show how hard the clamp bites.
         return StepResult(x=x_new, energy=energy, grad_norm=grad.flatten(1).norm(dim=1).mean())
+
+    def differentiable_step(self, x: Tensor, energy_fn: EnergyFn) -> Tensor:
+        """The update of :meth:`step` as a function of ``x``; both clamps pass zero gradient where they bind."""
+        p = self.params
+        grad = energy_grad_in_graph(energy_fn, x)
+        return proximal_update(x, grad, p.step_size, p.grad_clamp, p.low, p.high, p.noise)
 
 
 def build_proximal_sgld(params: ProximalSGLDParams, context: BuildContext) -> ProximalSGLD:

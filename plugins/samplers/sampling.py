@@ -10,7 +10,16 @@ import torch
 from torch import Tensor
 
 from jemkit import hookimpl
-from jemkit.contracts import BuildContext, ChainInit, ChainStart, EnergyFn, StepResult, Transition, energy_and_grad
+from jemkit.contracts import (
+    BuildContext,
+    ChainInit,
+    ChainStart,
+    EnergyFn,
+    StepResult,
+    Transition,
+    energy_and_grad,
+    energy_grad_in_graph,
+)
 
 
 def _mean_norm(grad: Tensor) -> Tensor:
@@ -38,17 +47,26 @@ class SGLD(Transition):
     """JEM-style SGLD with decoupled step size (on the gradient) and noise std (input units)."""
 
     graph_safe = True
+    differentiable = True
 
     def __init__(self, step_size: float, noise: float) -> None:
         self.step_size = step_size
         self.noise = noise
 
-    def step(self, x: Tensor, energy_fn: EnergyFn) -> StepResult:
-        energy, grad = energy_and_grad(energy_fn, x)
+    def _update(self, x: Tensor, grad: Tensor) -> Tensor:
+        """``x - step_size * grad + noise * N(0, I)``: a descent step on E plus Gaussian noise."""
         x_new = x - self.step_size * grad
         if self.noise > 0:
             x_new = x_new + self.noise * torch.randn_like(x)
-        return StepResult(x=x_new, energy=energy, grad_norm=_mean_norm(grad))
+        return x_new
+
+    def step(self, x: Tensor, energy_fn: EnergyFn) -> StepResult:
+        energy, grad = energy_and_grad(energy_fn, x)
+        return StepResult(x=self._update(x, grad), energy=energy, grad_norm=_mean_norm(grad))
+
+    def differentiable_step(self, x: Tensor, energy_fn: EnergyFn) -> Tensor:
+        """The SGLD update of :meth:`step` as a function of ``x`` (second-order autograd through dE/dx)."""
+        return self._update(x, energy_grad_in_graph(energy_fn, x))
 
 
 @dataclass
