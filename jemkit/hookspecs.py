@@ -13,6 +13,12 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+
+    from torch import Tensor
+
+    from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel
     from jemkit.registry import Registry
     from jemkit.train import Trainer
 
@@ -79,6 +85,13 @@ def jemkit_register_feature_extractors(registry: Registry) -> None:
     """Register feature extractors for FID/IS: ``factory(params, context) -> FeatureExtractor``."""
 
 
+@hookspec
+def jemkit_register_importers(registry: Registry) -> None:
+    """Register checkpoint importers for ``jemkit import FORMAT CKPT --out RUN_DIR``:
+    ``factory(params, context) -> jemkit.importing.Importer``, whose ``read(path)`` turns a foreign
+    checkpoint into a recipe, model state and sampler state (see :mod:`jemkit.importing`)."""
+
+
 # --------------------------------------------------------------------------- lifecycle
 
 
@@ -101,6 +114,43 @@ def jemkit_run_end(run: Trainer, summary: dict[str, Any]) -> None:
     """Called once after training with the final summary (``test/acc``, ``steps``, ...)."""
 
 
+# --------------------------------------------------------------------------- command line
+
+
+@hookspec
+def jemkit_register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``jemkit`` subcommands: ``parser = subparsers.add_parser("name", help=...)``, its
+    arguments, then ``parser.set_defaults(handler=fn)``.
+
+    ``fn(args, console, errors) -> int`` receives the parsed ``argparse.Namespace`` and two
+    ``rich`` consoles (stdout and stderr) and returns the exit code; a
+    :class:`~jemkit.errors.JemkitError` it raises is printed as one paragraph (exit code 2). A
+    plugin whose hook raises, or takes a name already in use, keeps none of its commands and is
+    reported. Plugin commands are loaded only when the command line names no built-in command.
+    """
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+@hookspec(firstresult=True)
+def jemkit_draw_samples(
+    path: Path,
+    model: JointEnergyModel,
+    samples: Tensor,
+    data: DataSplits,
+    context: BuildContext,
+    title: str,
+) -> Path | None:
+    """Draw ``samples`` ``[N, *context.input_shape]`` of ``model`` as a PNG at ``path`` (``jemkit sample``).
+
+    ``data`` holds the run's splits (a picture may show training inputs beside the samples) and
+    ``title`` is the run's name. Return ``path`` once written, or ``None`` to leave inputs of this
+    shape to another plugin; the first plugin that draws wins. Image inputs ``(C, H, W)`` that no
+    plugin draws become a sample grid; the built-in ``toy_plot`` draws 2-D inputs over the density.
+    """
+
+
 #: Registration hook name for each component kind.
 REGISTRATION_HOOKS: dict[str, str] = {
     "backbone": "jemkit_register_backbones",
@@ -113,4 +163,5 @@ REGISTRATION_HOOKS: dict[str, str] = {
     "schedule": "jemkit_register_schedules",
     "ood": "jemkit_register_ood_sets",
     "feature_extractor": "jemkit_register_feature_extractors",
+    "importer": "jemkit_register_importers",
 }

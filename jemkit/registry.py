@@ -28,6 +28,7 @@ KINDS: tuple[str, ...] = (
     "schedule",
     "ood",
     "feature_extractor",
+    "importer",
 )
 
 
@@ -51,15 +52,19 @@ def first_line(text: str | None) -> str:
     return ""
 
 
-def unknown_name_error(name: object, known: Iterable[str], kind: str | None = None) -> RegistryError:
+def unknown_name_error(
+    name: object, known: Iterable[str], kind: str | None = None, where: str | None = None
+) -> RegistryError:
     """The error for an unknown component ``name``: a did-you-mean, the known names, and a
-    pointer to ``jemkit list-plugins``. ``kind`` narrows the wording (``None``: any kind)."""
+    pointer to ``jemkit list-plugins``. ``kind`` narrows the wording (``None``: any kind);
+    ``where`` (e.g. ``"recipes/x.yaml, key sampler.transition.name"``) leads the message."""
     choices = sorted(set(known))
     close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     label = f"{kind} " if kind else ""
+    lead = f"{where}: " if where else ""
     return RegistryError(
-        f"Unknown {label or 'component '}{name!r}.{hint} Known {label}components: "
+        f"{lead}Unknown {label or 'component '}{name!r}.{hint} Known {label}components: "
         f"{', '.join(choices) or 'none'}. Run `jemkit list-plugins` to see every installed "
         "component, or install the plugin that provides it."
     )
@@ -121,13 +126,22 @@ class Registry:
         self._components[name] = component
         return component
 
-    def get(self, name: str) -> Component:
-        """The component called ``name``; a :class:`RegistryError` with suggestions if unknown."""
+    def get(self, name: str, where: str | None = None) -> Component:
+        """The component called ``name``; a :class:`RegistryError` with suggestions if unknown,
+        led by ``where`` (the recipe file and key path) when given."""
         try:
             return self._components[name]
         except KeyError:
             pass
-        raise unknown_name_error(name, self._components, self.kind) from None
+        raise unknown_name_error(name, self._components, self.kind, where) from None
+
+    def remove_plugin(self, plugin: str) -> list[Component]:
+        """Unregister every component ``plugin`` registered (a plugin whose registration failed
+        part-way keeps none); returns them."""
+        removed = [c for c in self._components.values() if c.plugin == plugin]
+        for component in removed:
+            del self._components[component.name]
+        return removed
 
     def __contains__(self, name: object) -> bool:
         return name in self._components

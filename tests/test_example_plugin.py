@@ -1,19 +1,26 @@
-"""The example third-party plugin in examples/jemkit-clipped-sgld: its transition, discovery, a run."""
+"""The example third-party plugin in examples/jemkit-clipped-sgld: its own tests, discovery, its
+subcommand, a run.
+
+The plugin's own tests live in its package (``examples/jemkit-clipped-sgld/tests``, written
+with :mod:`jemkit.testing` as any plugin author would); they are imported here so that jemkit's
+default test run collects them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import json
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT
 
 DIST = "jemkit-clipped-sgld"
 EXAMPLE = ROOT / "examples" / "jemkit-clipped-sgld"
+EXAMPLE_TESTS = EXAMPLE / "tests" / "test_clipped_sgld.py"
 
 
 def _require_installed() -> None:
@@ -30,45 +37,57 @@ def _require_installed() -> None:
     )
 
 
-@pytest.fixture
-def clipped():
+def _own_tests() -> dict[str, object]:
+    """The tests and fixtures of the example's own test module (it imports the installed plugin)."""
+    spec = importlib.util.spec_from_file_location("jemkit_clipped_sgld_own_tests", EXAMPLE_TESTS)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != "jemkit_clipped_sgld":
+            raise
+
+        def test_example_plugin_is_installed():
+            _require_installed()
+
+        return {"test_example_plugin_is_installed": test_example_plugin_is_installed}
+    return {name: value for name, value in vars(module).items() if name.startswith("test_") or name == "clipped"}
+
+
+globals().update(_own_tests())
+
+
+def test_plugin_subcommand_runs(cli):
+    """`jemkit clipped-sgld-demo`, added through jemkit_register_commands: far from the mode each
+    noiseless step moves step_size * max_grad_norm closer; near it, a plain gradient step."""
     _require_installed()
-    return importlib.import_module("jemkit_clipped_sgld")
+    result = cli("clipped-sgld-demo", "--steps", "6", "--step-size", "0.5", "--max-grad-norm", "2", "--start", "4")
+    assert result.code == 0, result.err
+    rows = [line.split() for line in result.out.splitlines()]
+    assert rows[0] == ["step", "distance", "energy"]
+    distances = [float(row[1]) for row in rows[1:]]
+    # |dE/dx| = distance: clipped to 2 while the distance exceeds 2 (4 -> 3 -> 2), then x <- x - 0.5 x.
+    expected = [3.0, 2.0, 1.0, 0.5, 0.25, 0.125]
+    assert distances == pytest.approx(expected, abs=1e-6)
+    assert [float(row[2]) for row in rows[1:]] == pytest.approx([0.5 * d * d for d in expected], abs=1e-5)
 
 
-def quadratic(x: torch.Tensor) -> torch.Tensor:
-    """E(x) = 0.5 |x|^2 per chain."""
-    return 0.5 * x.pow(2).flatten(1).sum(1)
+def test_plugin_subcommand_errors_are_one_paragraph(cli):
+    _require_installed()
+    result = cli("clipped-sgld-demo", "--max-grad-norm", "0")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "max_grad_norm must be positive" in result.err and "--max-grad-norm" in result.err
 
 
-def test_clipped_step_bounds_every_chain_and_descends(clipped):
-    torch.manual_seed(0)
-    step_size, max_norm = 0.5, 0.2
-    transition = clipped.build_clipped_sgld(
-        clipped.ClippedSGLDParams(step_size=step_size, noise=0.0, max_grad_norm=max_norm), None
-    )
-    x = 10.0 + torch.randn(32, 1, 4, 4)  # far from the minimum: |dE/dx| = |x| ~ 40 >> max_grad_norm
-    result = transition.step(x, quadratic)
-    moved = (result.x - x).flatten(1).norm(dim=1)
-    assert torch.all(moved <= step_size * max_norm * (1 + 1e-5)), moved.max()
-    assert torch.allclose(moved, torch.full_like(moved, step_size * max_norm), rtol=1e-4)
-    assert torch.all(quadratic(result.x) < quadratic(x))
-    assert torch.allclose(result.energy, quadratic(x))
-    # grad_norm reports the unclipped gradient (dE/dx = x here).
-    assert result.grad_norm.item() == pytest.approx(x.flatten(1).norm(dim=1).mean().item(), rel=1e-5)
-    assert not result.x.requires_grad
+def test_plugin_subcommand_is_listed_in_help_but_not_loaded_for_builtin_commands(monkeypatch):
+    _require_installed()
+    from jemkit import cli as cli_module
 
-
-def test_small_gradients_are_not_scaled_up(clipped):
-    transition = clipped.ClippedSGLD(step_size=0.5, noise=0.0, max_grad_norm=1.0)
-    x = torch.full((4, 2), 0.1)  # |dE/dx| ~ 0.14 < 1: a plain SGLD step
-    assert torch.allclose(transition.step(x, quadratic).x, 0.5 * x)
-
-
-@pytest.mark.parametrize("bad", [{"max_grad_norm": 0.0}, {"max_grad_norm": -1.0}, {"step_size": -1.0}, {"noise": -0.1}])
-def test_params_are_validated(clipped, bad):
-    with pytest.raises(ValueError):
-        clipped.ClippedSGLDParams(**bad)
+    assert "clipped-sgld-demo" in cli_module._parser(["--help"]).format_help()
+    calls = []
+    monkeypatch.setattr(cli_module, "_add_plugin_commands", lambda commands: calls.append(commands))
+    cli_module._parser(["list-plugins", "--json"])
+    assert calls == [], "a built-in command must not load the plugins to parse its arguments"
 
 
 def test_installed_plugin_is_listed_through_its_entry_point(cli):

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from jemkit import __version__
 from jemkit.errors import Interrupted, JemkitError
@@ -28,10 +31,16 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jemkit.cli.list_plugins",
     "jemkit.cli.sample",
     "jemkit.cli.eval",
+    "jemkit.cli.runs",
+    "jemkit.cli.compare",
+    "jemkit.cli.doctor",
+    "jemkit.cli.new_plugin",
+    "jemkit.cli.import_run",
 )
 
 
-def _parser() -> argparse.ArgumentParser:
+def builtin_parser() -> tuple[argparse.ArgumentParser, Any]:
+    """The ``jemkit`` parser with the built-in commands only, and its sub-parser action."""
     parser = argparse.ArgumentParser(
         prog="jemkit", description="Train and evaluate Joint Energy-based Models from YAML recipes."
     )
@@ -40,12 +49,49 @@ def _parser() -> argparse.ArgumentParser:
     commands.required = True
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_parser(commands)
+    return parser, commands
+
+
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The built-in commands, plus the plugins' (``jemkit_register_commands``) when ``argv`` may
+    name one, so built-in commands start without loading every plugin."""
+    parser, commands = builtin_parser()
+    if _may_name_plugin_command(argv, commands.choices):
+        _add_plugin_commands(commands)
     return parser
+
+
+def _may_name_plugin_command(argv: Sequence[str], builtin: Mapping[str, Any]) -> bool:
+    """Whether ``argv`` names no built-in command (a plugin's, ``--help``, or none at all)."""
+    if "--version" in argv:
+        return False
+    first = next((item for item in argv if not item.startswith("-")), None)
+    return first is None or first not in builtin
+
+
+def _add_plugin_commands(commands: Any) -> None:
+    from jemkit.plugin_manager import load_plugins, register_commands
+
+    plugins = load_plugins()
+    register_commands(plugins, commands)
+    report_plugin_failures(plugins, Console(stderr=True))
+
+
+class _WarningPrinter(logging.Handler):
+    """Prints the ``jemkit`` logger's warnings (recipe keys an override dropped, ...) on stderr."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.print(f"[yellow]warning:[/yellow] {escape(record.getMessage())}", highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jemkit`` console script; returns the exit code."""
-    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser(argv)
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options (`run RECIPE --out DIR key=value`); argparse leaves those over.
     stray = [item for item in extra if item.startswith("-") or "=" not in item or args.command != "run"]
@@ -55,23 +101,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     console = Console()
     errors = Console(stderr=True)
+    log, printer = logging.getLogger("jemkit"), _WarningPrinter(errors)
+    log.addHandler(printer)
     try:
         return args.handler(args, console, errors)
     except KeyboardInterrupt:
         errors.print("[yellow]interrupted[/yellow]")
         return EXIT_INTERRUPTED
     except Interrupted as exc:
-        errors.print(f"[yellow]{exc}[/yellow]", highlight=False)
+        errors.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False)
         return EXIT_INTERRUPTED
     except JemkitError as exc:
-        errors.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_USER_ERROR
+    finally:
+        log.removeHandler(printer)
 
 
 def report_plugin_failures(plugins: PluginSet, errors: Console) -> None:
     """Print one warning paragraph per plugin that failed to load or register."""
     for failure in plugins.failures:
-        errors.print(f"[yellow]warning:[/yellow] {failure.message()}", highlight=False, soft_wrap=True)
+        errors.print(f"[yellow]warning:[/yellow] {escape(failure.message())}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -65,8 +65,8 @@ def list_plugins(args: argparse.Namespace, console: Console, errors: Console) ->
     table = Table(title=f"jemkit {__version__} plugins", show_lines=False)
     for column in ("plugin", "origin", "kind", "name", "description"):
         table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(row[k] for k in ("plugin", "origin", "kind", "name", "description")))
+    for row in rows:  # Text cells: a description such as "clamped to [low, high]" is not rich markup
+        table.add_row(*(Text(str(row[k])) for k in ("plugin", "origin", "kind", "name", "description")))
     console.print(table)
     return 0
 
