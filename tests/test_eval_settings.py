@@ -46,3 +46,26 @@ def test_bad_settings_name_their_flag(overrides, flag):
 
 def test_epsilons_may_be_fractions():
     assert _number("8/255") == pytest.approx(8 / 255) and _number("0.5") == 0.5
+
+
+def test_typos_in_only_get_a_did_you_mean():
+    with pytest.raises(EvalError, match=r"'robustnes'.*did you mean 'robustness'\?"):
+        resolve_settings("digits", {"sections": ["acc", "robustnes"]})
+    with pytest.raises(EvalError) as caught:
+        resolve_settings("digits", {"sections": ["zzz"]})
+    assert "did you mean" not in str(caught.value) and "choose from acc,calibration" in str(caught.value)
+
+
+def test_statistics_settings_are_checked():
+    s = resolve_settings("cifar10", {})
+    assert (s.n_boot, s.kid_subsets, s.kid_subset_size, s.pr_k) == (1000, 100, 1000, 3)
+    assert resolve_settings("digits", {"n_boot": 0}).n_boot == 0, "0 turns intervals off"
+    for overrides, flag in (
+        ({"n_boot": -5}, "--bootstrap"),
+        ({"kid_subsets": 0}, "--kid-subsets"),
+        ({"kid_subset_size": 1}, "--kid-subset-size"),
+        ({"pr_k": 0}, "--pr-k"),
+        ({"sgld_steps": -1}, "--steps"),
+    ):
+        with pytest.raises(EvalError, match=flag):
+            resolve_settings("digits", overrides)

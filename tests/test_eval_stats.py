@@ -247,3 +247,17 @@ def test_metric_labels_name_their_features():
     assert metric_label("digits_classifier", "recall") == "recall (digits features)"
     with pytest.raises(ValueError, match="unknown metric"):
         metric_label("inception", "fdi")
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_inception_score_statistic_matches_the_metric(splits):
+    from jemkit.evaluation.inception_score import inception_score_from_logits
+
+    logits = torch.randn(90, 10, generator=torch.Generator().manual_seed(splits)) * 2
+    assert bs.point_estimate(bs.inception_score(splits), logits) == pytest.approx(
+        inception_score_from_logits(logits, splits)[0], rel=1e-12
+    )
+    low, high = bs.bootstrap_ci(bs.inception_score(splits), logits, n_boot=300)
+    assert 1.0 <= low < high <= 10.0
+    with pytest.raises(ValueError, match="splits"):
+        bs.inception_score(0)

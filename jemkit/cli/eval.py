@@ -1,12 +1,16 @@
-"""``jemkit eval RUN_DIR``: measure what the JEM paper measures and write ``RUN_DIR/eval/``.
+"""``jemkit eval RUN_DIR``: measure what the JEM paper measures and write a new report folder,
+``RUN_DIR/eval/<timestamp>/`` (or ``--out DIR``), with ``RUN_DIR/eval/latest`` naming the newest.
 
 Registered through ``jemkit.cli.COMMAND_MODULES``. Heavy imports happen only when the command
-runs, so other commands stay fast.
+runs, so other commands stay fast. On a terminal the progress is rich's bars; otherwise (a log
+file, a pipe) plain lines (:mod:`jemkit.progress_lines`), at least one every
+:data:`PROGRESS_INTERVAL` seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,15 @@ from rich.console import Console
 from jemkit.errors import JemkitError
 
 _SECTIONS = "acc,calibration,ood,robustness,generation"
+
+#: Longest time in seconds between two progress lines when the output is not a terminal.
+PROGRESS_INTERVAL = 30.0
+
+#: ``--checkpoint`` and ``--device`` read the same in ``jemkit eval`` and ``jemkit sample``.
+CHECKPOINT_HELP = (
+    "last (default: the newest step checkpoint), best (best.safetensors), a step number, or a checkpoint file path"
+)
+DEVICE_HELP = "auto (default: CUDA when available, else CPU), cpu, cuda or cuda:N"
 
 
 def _names(text: str) -> list[str]:
@@ -48,19 +61,35 @@ def add_parser(subparsers: Any) -> None:
         "eval",
         help="evaluate a trained run (accuracy, calibration, OOD, robustness, generation)",
         description=(
-            "Evaluate a finished run and write RUN_DIR/eval/report.json, report.md and PNG figures. Defaults come "
-            "from the run's data set (digits or CIFAR-sized); every setting used is recorded in the report. "
-            "Inputs and PGD epsilons are in [-1, 1] units."
+            "Evaluate a finished run and write report.json, report.md and PNG figures into a new folder, "
+            "RUN_DIR/eval/<timestamp>/ (or --out DIR); RUN_DIR/eval/latest names the newest, and no evaluation "
+            "replaces another. Defaults come from the run's data set (digits or CIFAR-sized); every setting used "
+            "and the command line are recorded in the report. Every number measured on test inputs carries a "
+            "95% bootstrap interval. Inputs and PGD epsilons are in [-1, 1] units."
         ),
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory of a finished `jemkit run`")
     p.add_argument(
-        "--baseline", type=Path, metavar="RUN_DIR", help="a second run evaluated on the same inputs, one column per run"
+        "--baseline",
+        type=Path,
+        metavar="RUN_DIR",
+        help="a second run evaluated on the same inputs, one column per run; its recipe must define the same test "
+        "set (data set, split seed, test fraction, validation size, input noise)",
+    )
+    p.add_argument(
+        "--out", type=Path, metavar="DIR", help="write the report here (a new or empty folder) instead of "
+        "RUN_DIR/eval/<timestamp>/"
     )
     p.add_argument("--only", type=_names, metavar="LIST", help=f"sections to run (default all): {_SECTIONS}")
-    p.add_argument("--checkpoint", metavar="WHICH", help="last (default), best, or a checkpoint path")
-    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--checkpoint", metavar="WHICH", help=CHECKPOINT_HELP)
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--seed", type=int, help="seed of every random draw of the evaluation (default 0)")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        metavar="N",
+        help="bootstrap replicates of the 95%% intervals (default 1000; 0: no intervals)",
+    )
     p.add_argument("--batch-size", type=int, help="batch size (default 256)")
     p.add_argument("--max-test", type=int, metavar="N", help="use a seeded subset of N test examples (default all)")
 
@@ -118,7 +147,10 @@ def add_parser(subparsers: Any) -> None:
 
     g = p.add_argument_group("generation")
     g.add_argument("--n-samples", type=int, metavar="N", help="samples per generated set")
-    g.add_argument("--sgld-steps", type=int, metavar="N", help="transition steps of fresh chains from U(-1, 1)")
+    g.add_argument(
+        "--steps", dest="sgld_steps", type=int, metavar="N", help="transition steps of fresh chains from U(-1, 1)"
+    )
+    g.add_argument("--sgld-steps", dest="sgld_steps", type=int, help=argparse.SUPPRESS)  # the old name
     g.add_argument("--grid-per-class", type=int, metavar="N", help="samples per class in the grids (default 10)")
     g.add_argument(
         "--feature-extractor", metavar="NAME", help="registry kind 'feature_extractor' (default per data set)"
@@ -136,9 +168,16 @@ def add_parser(subparsers: Any) -> None:
         metavar="PATH",
         help="torchvision inception_v3 weights (.safetensors/.pth); default $JEMKIT_INCEPTION_WEIGHTS",
     )
-    g.add_argument("--is-splits", type=int, help="splits of the Inception Score")
-    g.add_argument("--fid-reference", choices=("test", "train"), help="real images FID compares against (default test)")
-    p.set_defaults(handler=eval_command)
+    g.add_argument("--is-splits", type=int, help="splits of the IS (digits-IS, Inception Score, ...)")
+    g.add_argument(
+        "--fid-reference",
+        choices=("test", "train"),
+        help="real images FID/KID/diversity compare against (default test)",
+    )
+    g.add_argument("--kid-subsets", type=int, metavar="N", help="KID: random subset pairs (default 100)")
+    g.add_argument("--kid-subset-size", type=int, metavar="N", help="KID: rows per subset (default 1000)")
+    g.add_argument("--pr-k", type=int, metavar="K", help="precision/recall: k-th nearest neighbour radius (default 3)")
+    p.set_defaults(handler=eval_command, command_line=lambda args: command_line(p, args))
 
 
 def _yaml_value(text: str) -> Any:
@@ -193,11 +232,42 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "inception_weights": args.inception_weights,
         "is_splits": args.is_splits,
         "fid_reference": args.fid_reference,
+        "n_boot": args.bootstrap,
+        "kid_subsets": args.kid_subsets,
+        "kid_subset_size": args.kid_subset_size,
+        "pr_k": args.pr_k,
     }
 
 
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """``jemkit eval RUN_DIR --flag value ...``: the command that repeats this evaluation (the options
+    given, under their current names), for the report."""
+    words = ["jemkit", "eval", str(args.run_dir)]
+    for action in parser._actions:  # argparse keeps no public list of a parser's options
+        if not action.option_strings or action.help == argparse.SUPPRESS or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value == [] or value is False:
+            continue
+        flag = action.option_strings[0]
+        if action.nargs == 0:
+            words.append(flag)
+        elif action.dest in ("ood_param", "extractor_param"):
+            for key, item in value:
+                words += [flag, f"{key}={item}"]
+        elif isinstance(value, list):
+            words += [flag, ",".join(_plain(v) for v in value)]
+        else:
+            words += [flag, _plain(value)]
+    return shlex.join(words)
+
+
+def _plain(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def eval_command(args: argparse.Namespace, console: Console, errors: Console) -> int:
-    """``jemkit eval``: evaluate, write ``RUN_DIR/eval/`` atomically, print the tables."""
+    """``jemkit eval``: evaluate, write a new report folder atomically, print the tables."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -211,26 +281,31 @@ def eval_command(args: argparse.Namespace, console: Console, errors: Console) ->
     from jemkit.evaluation.report import rich_tables
     from jemkit.evaluation.runner import evaluate
     from jemkit.plugin_manager import load_plugins
+    from jemkit.progress_lines import ProgressLines
 
     overrides = overrides_from_args(args)
     plugins = load_plugins()
     report_plugin_failures(plugins, errors)
-    progress = Progress(
-        TextColumn("[bold blue]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not console.is_terminal,
-    )
+    progress: Any
+    if console.is_terminal:
+        progress = Progress(
+            TextColumn("[bold blue]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+    else:  # a log file or a pipe: plain lines, at least one every PROGRESS_INTERVAL seconds
+        progress = ProgressLines(console.file, label="eval", interval=PROGRESS_INTERVAL)
+    command = args.command_line(args) if hasattr(args, "command_line") else None
     with progress:
         report, folder = evaluate(
-            plugins, args.run_dir, args.baseline, overrides, None if progress.disable else progress
+            plugins, args.run_dir, args.baseline, overrides, progress, out=args.out, command=command
         )
     for table in rich_tables(report):
         console.print(table)
-    console.print(f"report: {folder / 'report.md'} and {folder / 'report.json'}")
+    console.print(f"report: {folder / 'report.md'} and {folder / 'report.json'}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -11,23 +11,35 @@ Modules, one job each: :mod:`~jemkit.evaluation.settings` (defaults per data set
 :mod:`~jemkit.evaluation.components` (OOD sets, feature extractor, refinement transition and
 fresh-chain initialiser, looked up by name), :mod:`~jemkit.evaluation.inputs` (the shared inputs,
 drawn once), :mod:`~jemkit.evaluation.sections` (each section, run by run),
-:mod:`~jemkit.evaluation.protocol` (the report's protocol text), :mod:`~jemkit.evaluation.report`
-and :mod:`~jemkit.evaluation.runner` (the whole command, orchestration only).
+:mod:`~jemkit.evaluation.protocol` (the report's protocol text), :mod:`~jemkit.evaluation.report`,
+:mod:`~jemkit.evaluation.bootstrap` (seeded 95% intervals), :mod:`~jemkit.evaluation.kid`,
+:mod:`~jemkit.evaluation.diversity` (diversity, precision/recall),
+:mod:`~jemkit.evaluation.metric_names` ("digits-FID" vs "Inception FID"),
+:mod:`~jemkit.evaluation.baseline` (a baseline must share the test split),
+:mod:`~jemkit.evaluation.outdir` (one new folder per evaluation, ``eval/latest``),
+:mod:`~jemkit.evaluation.progress` and :mod:`~jemkit.evaluation.runner` (the whole command,
+orchestration only).
 
 Conventions: inputs live in ``[-1, 1]`` and so do PGD epsilons (``8/255`` in ``[0, 1]`` units is
 ``16/255`` here). Lower energy means more likely; ``log p(x) = -E(x)`` up to a constant. OOD
 detection treats in-distribution inputs as the positive class, with scores oriented so that
 higher means more in-distribution.
 
-``RUN_DIR/eval/report.json``::
+``RUN_DIR/eval/<timestamp>/report.json`` (or ``--out DIR/report.json``; ``RUN_DIR/eval/latest``
+names the newest)::
 
     {
       "format": "jemkit-eval/1", "jemkit_version": str, "created": ISO-8601 time,
+      "command": "jemkit eval RUN_DIR --flag value ...",   # the options given
+
       "runs": {                                   # the evaluated run first, then the --baseline run
         "<run name>": {                           # name = the run directory's name
           "run_dir": str, "recipe": str, "data": str,
           "checkpoint": {"path": str, "step": int},
           "seconds": {"<section>": float},        # wall time per section
+          # every number measured on test inputs has a sibling "<key>_ci95": [low, high], its
+          # 95% bootstrap interval (absent with --bootstrap 0): clean_ci95, nll_ci95, ece_ci95,
+          # auroc_ci95, fpr95_ci95, accuracy_ci95 (robustness points), ...
           "accuracy": {"clean": p, "refined": p, "nll": nats, "n": int,
                        "refine": {"steps": K, "transition": {"source": "run"|"cli", "name": ..., ...}}},
           "calibration": {"ece": p, "bins": int, "n": int,
@@ -47,14 +59,19 @@ higher means more in-distribution.
         }
       },
       "data": {"name", "input_shape", "num_classes", "test_examples", "ood_examples": {"<set>": int}},
-      "real_data": {"fid": float, "protocol": str} or null,   # FID of real images: the floor
-      "settings": {...every setting used, resolved, plus OOD-set and extractor parameters...},
+      "real_data": {"fid": float, "kid": {"mean", "std"}, "protocol": str} or null,   # real images: the floor
+      "settings": {...every setting used, resolved, plus OOD-set and extractor parameters,
+                   "bootstrap": {"n_boot", "level", "seed"}},
       "protocol": {"accuracy"|"calibration"|"ood"|"robustness"|"generation": str},
       "figures": {"robustness_<norm>": "figures/robustness_<norm>.png"}
     }
 
 where ``p`` is a number in ``[0, 1]`` and ``Q`` is ``{"fid": float >= 0, "inception_score":
-{"mean", "std"}, "class_accuracy": p, "per_class_accuracy": [p, ...] (labelled samples whose
-classes the extractor knows), "protocol": {"samples", "source", "feature_extractor", "weights",
+{"mean", "std", "mean_ci95"}, "class_accuracy": p, "class_accuracy_ci95", "per_class_accuracy":
+[p, ...] (labelled samples whose classes the extractor knows), "kid": {"mean", "std"} (sd over
+subsets), "precision": p, "recall": p, "diversity": float >= 0 (1 = as varied as the reference
+images), "class_diversity": {"per_class": [float or null], "mean"} (class-conditional samples),
+"labels": {"fid": "digits-FID" | "Inception FID" | ..., "inception_score", "kid", "precision",
+"recall", "diversity"}, "protocol": {"samples", "source", "feature_extractor", "weights",
 "reference", "is_splits"}}``. Sections left out with ``--only`` are absent.
 """

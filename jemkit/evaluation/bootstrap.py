@@ -193,3 +193,22 @@ def per_replicate(function: Callable[..., float]) -> Statistic:
         return torch.tensor([function(*(a[b] for a in resampled)) for b in range(count)], dtype=torch.float64)
 
     return statistic
+
+
+def inception_score(splits: int = 1) -> Statistic:
+    """``logits [B, n, K] -> IS [B]``: the Inception Score of each replicate's ``softmax(logits)``,
+    the mean over ``splits`` consecutive parts as :func:`jemkit.evaluation.inception_score.inception_score`
+    computes it (``exp(E KL(p(y|x) || p(y)))`` per part, ``p(y)`` the part's mean prediction)."""
+    if splits < 1:
+        raise ValueError(f"splits must be at least 1, got {splits}")
+
+    def statistic(logits: Tensor) -> Tensor:
+        p = torch.softmax(logits.double(), dim=-1)
+        scores = []
+        for part in torch.tensor_split(p, splits, dim=1):
+            marginal = part.mean(dim=1, keepdim=True).expand_as(part)
+            kl = (torch.xlogy(part, part) - torch.xlogy(part, marginal)).sum(dim=-1)
+            scores.append(torch.exp(kl.mean(dim=1)))
+        return torch.stack(scores, dim=1).mean(dim=1)
+
+    return statistic

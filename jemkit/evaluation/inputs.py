@@ -1,5 +1,6 @@
 """The inputs every evaluated run sees, drawn once: the test split, the OOD sets and the reference
-features of real images for FID (with the FID of real images against them, the floor).
+features of real images for FID, KID, diversity and precision/recall (with the FID and KID of
+other real images against them: the floor a perfect generator would reach).
 
 Each draw is seeded with the evaluation's ``seed`` first, so the same settings give the same
 inputs whatever else ran before.
@@ -19,6 +20,8 @@ from jemkit.contracts import DataSplits, FeatureExtractor
 from jemkit.evaluation.components import EvalComponents
 from jemkit.evaluation.features import extract
 from jemkit.evaluation.frechet import frechet_distance, gaussian_stats
+from jemkit.evaluation.kid import kernel_inception_distance
+from jemkit.evaluation.metric_names import metric_label
 from jemkit.evaluation.progress import Steps
 from jemkit.evaluation.settings import EvalSettings
 
@@ -33,9 +36,15 @@ class Inputs:
     ood_params: dict[str, Any] = field(default_factory=dict)
     extractor: FeatureExtractor | None = None
     extractor_params: dict[str, Any] = field(default_factory=dict)
+    #: Mean ``[D]`` and covariance ``[D, D]`` of the reference features (FID).
     reference: tuple[Tensor, Tensor] | None = None
+    #: The reference images' features ``[M, D]`` and labels ``[M]`` (KID, diversity, precision/recall).
+    reference_features: Tensor | None = None
+    reference_labels: Tensor | None = None
     reference_info: str = ""
     real_fid: float | None = None
+    #: KID of the real images against the reference: ``{"mean", "std"}``.
+    real_kid: dict[str, float] | None = None
     real_info: str = ""
 
 
@@ -92,17 +101,23 @@ def add_reference(
     train_split = data.train_plain or data.train
     seed_everything(settings.seed)
     if settings.fid_reference == "test":
-        reference_x, other_name = inputs.x_test, "train"
+        reference_x, reference_y, other_name = inputs.x_test, inputs.y_test, "train"
         real_x = materialise(train_split, settings.n_samples, settings.seed)[0]
     else:
-        reference_x, other_name = materialise(train_split, None, settings.seed)[0], "test"
-        real_x = inputs.x_test
+        reference_x, reference_y = materialise(train_split, None, settings.seed)
+        other_name, real_x = "test", inputs.x_test
     with steps.task("reference features", len(reference_x) + len(real_x)) as advance:
         ref_features = extract(extractor, reference_x, settings.batch_size, device)[0]
         advance(len(reference_x))
         real_features = extract(extractor, real_x, settings.batch_size, device)[0]
         advance(len(real_x))
     inputs.reference = gaussian_stats(ref_features)
+    inputs.reference_features, inputs.reference_labels = ref_features, reference_y
     inputs.reference_info = f"{len(reference_x)} images of the {data_name!r} {settings.fid_reference} split"
     inputs.real_fid = frechet_distance(*gaussian_stats(real_features), *inputs.reference)
-    inputs.real_info = f"FID of {len(real_x)} real {other_name} images against the same reference"
+    kid = kernel_inception_distance(
+        real_features.to(device), ref_features, settings.kid_subsets, settings.kid_subset_size, settings.seed
+    )
+    inputs.real_kid = {"mean": kid[0], "std": kid[1]}
+    fid, kid_name = (metric_label(settings.feature_extractor, k) for k in ("fid", "kid"))
+    inputs.real_info = f"{fid} and {kid_name} of {len(real_x)} real {other_name} images against the same reference"

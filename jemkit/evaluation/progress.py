@@ -1,4 +1,5 @@
-"""Progress reporting for long evaluations: rich progress bars, or nothing."""
+"""Progress reporting for long evaluations: rich progress bars on a terminal, plain lines
+(:class:`jemkit.progress_lines.ProgressLines`) otherwise, or nothing."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from typing import Any
 
 
 class Steps:
-    """Opens one progress task per evaluation phase on a ``rich.progress.Progress`` (or none)."""
+    """Opens one progress task per evaluation phase on a progress reporter (or none).
+
+    The reporter has ``rich.progress.Progress``'s ``add_task``/``advance``/``remove_task``;
+    :meth:`note` prints a line through its ``note`` method (``ProgressLines``) or its console.
+    """
 
     def __init__(self, progress: Any = None) -> None:
         self.progress = progress
@@ -24,3 +29,13 @@ class Steps:
             yield lambda k=1: self.progress.advance(task_id, k)
         finally:
             self.progress.remove_task(task_id)
+
+    def note(self, text: str) -> None:
+        """One line of information (which checkpoint was loaded, where the report goes)."""
+        if self.progress is None:
+            return
+        note = getattr(self.progress, "note", None)
+        if callable(note):
+            note(text)
+        elif getattr(self.progress, "console", None) is not None:
+            self.progress.console.print(text, highlight=False, markup=False)

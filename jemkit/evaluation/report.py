@@ -1,7 +1,10 @@
 """The evaluation report as tables: ``report.json``, ``report.md`` (figures by relative path) and rich tables.
 
 Every table has one row per metric and one column per evaluated run, so a ``--baseline`` run sits
-beside the evaluated run.
+beside the evaluated run. A number with a ``<key>_ci95`` sibling in ``report.json`` prints as
+``value [low, high]`` (its 95% bootstrap interval); KID prints as ``mean ± sd``. Sample metrics
+are named for their features (``digits-FID`` vs ``Inception FID``,
+:func:`~jemkit.evaluation.metric_names.metric_label`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
+from jemkit.evaluation.metric_names import metric_label
 from jemkit.evaluation.scores import SCORES
 
 _NORM_LABEL = {"linf": "L-inf", "l2": "L2"}
@@ -26,6 +30,15 @@ _SECTION_PROTOCOL = {
 }
 
 
+@dataclass(frozen=True)
+class Cell:
+    """A number with its 95% interval ``(low, high)`` or its standard deviation, for printing."""
+
+    value: Any
+    ci: tuple[float, float] | None = None
+    sd: float | None = None
+
+
 @dataclass
 class ReportTable:
     """Rows of ``(label, one value per run)`` with the figures that belong to them."""
@@ -36,7 +49,7 @@ class ReportTable:
     figures: list[tuple[str, str]] = field(default_factory=list)
 
     def add(self, label: str, values: list[Any]) -> None:
-        if any(v is not None for v in values):
+        if any(_value(v) is not None for v in values):
             self.rows.append((label, values))
 
 
@@ -51,19 +64,46 @@ def _get(node: Any, *keys: Any) -> Any:
     return node
 
 
-def _format(value: Any) -> str:
+def _value(cell: Any) -> Any:
+    return cell.value if isinstance(cell, Cell) else cell
+
+
+def _with_ci(node: Any, *keys: Any) -> Cell | None:
+    """The number at ``keys`` with its interval, the sibling ``<last key>_ci95`` when there is one."""
+    value = _get(node, *keys)
     if value is None:
-        return "-"
+        return None
+    interval = _get(node, *keys[:-1], f"{keys[-1]}_ci95")
+    ci = (float(interval[0]), float(interval[1])) if isinstance(interval, list) and len(interval) == 2 else None
+    return Cell(value, ci)
+
+
+def _number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.3e}"
     return str(value)
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, Cell):
+        if value.value is None:
+            return "-"
+        text = _number(value.value)
+        if value.sd is not None:
+            text += f" ± {_number(value.sd)}"
+        if value.ci is not None:
+            text += f" [{_number(value.ci[0])}, {_number(value.ci[1])}]"
+        return text
+    if value is None:
+        return "-"
+    return _number(value)
 
 
 def build_tables(report: dict[str, Any]) -> list[ReportTable]:
     """The report's tables, in section order, for every section present in any run."""
     runs: dict[str, Any] = report["runs"]
     names = list(runs)
-    per_run = lambda *keys: [_get(runs[n], *keys) for n in names]  # noqa: E731
+    per_run = lambda *keys: [_with_ci(runs[n], *keys) for n in names]  # noqa: E731
     tables: list[ReportTable] = []
 
     if any("accuracy" in r for r in runs.values()):
@@ -118,7 +158,7 @@ def build_tables(report: dict[str, Any]) -> list[ReportTable]:
                     None,
                 )
                 for i, point in enumerate(points or []):
-                    values = [_get(runs[n], "robustness", group, norm, i, field_name) for n in names]
+                    values = [_with_ci(runs[n], "robustness", group, norm, i, field_name) for n in names]
                     t.add(f"{prefix}{_NORM_LABEL[norm]} eps={point['eps']:.4g}", values)
         t.figures = [
             (f"PGD {_NORM_LABEL[k.split('_', 1)[1]]}", v)
@@ -129,15 +169,37 @@ def build_tables(report: dict[str, Any]) -> list[ReportTable]:
 
     if any("generation" in r for r in runs.values()):
         t = ReportTable("Generation", names)
+        extractor = str(report["settings"].get("feature_extractor", "inception"))
+        label_of = {
+            key: metric_label(extractor, key)
+            for key in ("fid", "inception_score", "kid", "precision", "recall", "diversity")
+        }
+
+        def kid(*keys: Any) -> list[Cell | None]:
+            values = [_get(runs[n], *keys, "kid") for n in names]
+            return [Cell(v["mean"], sd=v["std"]) if isinstance(v, dict) else None for v in values]
+
         for source, mode in (("fresh", "conditional"), ("fresh", "unconditional"), ("buffer", None)):
-            keys = (source, mode) if mode else (source,)
+            keys = ("generation", source, mode) if mode else ("generation", source)
             label = f"{source} {mode}" if mode else "replay buffer"
-            t.add(f"{label}: FID", per_run("generation", *keys, "fid"))
-            t.add(f"{label}: Inception Score", per_run("generation", *keys, "inception_score", "mean"))
-            t.add(f"{label}: class-conditional accuracy", per_run("generation", *keys, "class_accuracy"))
+            t.add(f"{label}: {label_of['fid']}", per_run(*keys, "fid"))
+            t.add(f"{label}: {label_of['kid']} (mean ± sd)", kid(*keys))
+            t.add(f"{label}: {label_of['inception_score']}", per_run(*keys, "inception_score", "mean"))
+            t.add(f"{label}: class-conditional accuracy", per_run(*keys, "class_accuracy"))
+            t.add(f"{label}: {label_of['precision']}", per_run(*keys, "precision"))
+            t.add(f"{label}: {label_of['recall']}", per_run(*keys, "recall"))
+            t.add(f"{label}: {label_of['diversity']}, 1 = as varied as real", per_run(*keys, "diversity"))
+            t.add(f"{label}: class diversity, mean over classes", per_run(*keys, "class_diversity", "mean"))
+        per_class = [_get(runs[n], "generation", "fresh", "conditional", "class_diversity", "per_class") for n in names]
+        for k in range(max((len(p) for p in per_class if isinstance(p, list)), default=0)):
+            t.add(f"fresh conditional: diversity of class {k}", [_get(p, k) for p in per_class])
         real = _get(report, "real_data", "fid")
         if real is not None:
-            t.add("real data (floor): FID", [real] * len(names))
+            t.add(f"real data (floor): {label_of['fid']}", [real] * len(names))
+        real_kid = _get(report, "real_data", "kid")
+        if isinstance(real_kid, dict):
+            floor = Cell(real_kid["mean"], sd=real_kid["std"])
+            t.add(f"real data (floor): {label_of['kid']} (mean ± sd)", [floor] * len(names))
         t.figures = [
             (f"{n}: {key.replace('_', ' ')} samples", runs[n]["figures"][key])
             for n in names
@@ -170,6 +232,8 @@ def markdown(report: dict[str, Any]) -> str:
     """``report.md``: a header naming the runs, one table per section with its protocol and figures, the settings."""
     runs = report["runs"]
     lines = ["# jemkit eval report", "", f"jemkit {report['jemkit_version']}, {report['created']}.", ""]
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
     lines += ["| run | run directory | recipe | checkpoint (step) |", "| --- | --- | --- | --- |"]
     for name, run in runs.items():
         lines.append(

@@ -1,21 +1,21 @@
-"""``jemkit eval``: evaluate one run (and optionally a baseline run) and write ``RUN_DIR/eval/``.
+"""``jemkit eval``: evaluate one run (and optionally a baseline run) and write a new report folder.
 
-Order of work: resolve the settings, open the runs, build and check every OOD set, the feature
-extractor and the defence's transition (:mod:`~jemkit.evaluation.components`, so that a bad name
-or a missing file fails before any long computation), draw the shared inputs once
+Order of work: resolve the settings, check that a baseline shares the test set
+(:mod:`~jemkit.evaluation.baseline`), choose the output folder (:mod:`~jemkit.evaluation.outdir`:
+``RUN_DIR/eval/<timestamp>`` or ``--out``), open the runs, build and check every OOD set, the
+feature extractor and the defence's transition (:mod:`~jemkit.evaluation.components`, so that a
+bad name or a missing file fails before any long computation), draw the shared inputs once
 (:mod:`~jemkit.evaluation.inputs`: test split, OOD sets, reference features; every run sees the
 very same inputs), evaluate each run section by section (:mod:`~jemkit.evaluation.sections`),
-then write figures, ``report.json`` and ``report.md`` into a temporary folder that replaces
-``RUN_DIR/eval`` only when all of it is done. This module only orchestrates those steps.
+then write figures, ``report.json`` and ``report.md`` into a temporary folder that becomes the
+output folder only when all of it is done, and point ``RUN_DIR/eval/latest`` at it. No
+evaluation replaces another. This module only orchestrates those steps.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,10 @@ from jemkit.build import resolve_device
 from jemkit.config import read_run_config
 from jemkit.contracts import DataSplits
 from jemkit.errors import EvalError
+from jemkit.evaluation.baseline import check_same_test_set
 from jemkit.evaluation.components import EvalComponents, build_components, defence_transition
 from jemkit.evaluation.inputs import Inputs, prepare_inputs
+from jemkit.evaluation.outdir import EVAL_DIR, choose_target, publish, temporary_folder
 from jemkit.evaluation.progress import Steps
 from jemkit.evaluation.protocol import protocol
 from jemkit.evaluation.report import write_report
@@ -39,9 +41,6 @@ from jemkit.plugin_manager import PluginSet
 
 __all__ = ["EVAL_DIR", "Evaluation", "evaluate"]
 
-#: Name of the folder the report is written to, inside the evaluated run directory.
-EVAL_DIR = "eval"
-
 
 def evaluate(
     plugins: PluginSet,
@@ -49,13 +48,23 @@ def evaluate(
     baseline_dir: Path | None,
     overrides: dict[str, Any],
     progress: Any = None,
+    out: Path | None = None,
+    command: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Evaluate ``run_dir`` (and ``baseline_dir``); returns the report and the written ``RUN_DIR/eval`` path."""
+    """Evaluate ``run_dir`` (and ``baseline_dir``) into a new folder (``out``, else
+    ``RUN_DIR/eval/<timestamp>``); returns the report and that folder. ``command`` (the command
+    line) is recorded in the report; ``progress`` is a rich ``Progress`` or
+    :class:`~jemkit.progress_lines.ProgressLines` (or ``None``)."""
     run_dir = Path(run_dir)
-    data_name = _data_name(run_dir)
+    cfg = read_run_config(run_dir)
+    data_name = _data_name(cfg)
     settings = resolve_settings(data_name, overrides)
+    if baseline_dir is not None:
+        check_same_test_set(plugins, cfg, run_dir, read_run_config(Path(baseline_dir)), Path(baseline_dir))
+    target = choose_target(run_dir, out)
     device = resolve_device(settings.device)
-    runs, data = _open_runs(plugins, run_dir, baseline_dir, data_name, settings, device)
+    steps = Steps(progress)
+    runs, data = _open_runs(plugins, run_dir, baseline_dir, settings, device, steps)
     context = runs[0].context
 
     # Everything that can fail on a name or a missing file, before any long computation.
@@ -64,27 +73,26 @@ def evaluate(
         for run in runs:
             defence_transition(plugins, settings, run)
 
-    steps = Steps(progress)
+    if progress is not None and hasattr(progress, "phases"):
+        progress.phases = Evaluation.planned_phases(settings, len(runs), components.extractor is not None)
     inputs = prepare_inputs(settings, data, data_name, components, steps, device)
-    target = run_dir / EVAL_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EVAL_DIR}-tmp-", dir=run_dir))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the report is an ordinary folder
+    tmp = temporary_folder(run_dir, target)
     try:
         evaluation = Evaluation(plugins, runs, settings, inputs, tmp, steps, device)
         results = evaluation.run_all()
         report = _report(results, evaluation, settings, inputs, components, data_name, runs[0], device)
+        report["command"] = command
         _check_finite(report)
         write_report(tmp, report)
-        _publish(tmp, target)
+        target = publish(tmp, target, run_dir, chosen=out is not None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report, target
 
 
-def _data_name(run_dir: Path) -> str:
-    """The ``data.name`` of the run's recipe (``?`` when absent)."""
-    cfg = read_run_config(run_dir)
+def _data_name(cfg: Any) -> str:
+    """The ``data.name`` of a run's recipe (``?`` when absent)."""
     return str(cfg.data.name) if "data" in cfg and "name" in cfg.data else "?"
 
 
@@ -92,24 +100,20 @@ def _open_runs(
     plugins: PluginSet,
     run_dir: Path,
     baseline_dir: Path | None,
-    data_name: str,
     settings: EvalSettings,
     device: torch.device,
+    steps: Steps,
 ) -> tuple[list[LoadedRun], DataSplits]:
-    """The evaluated run (with its data set) and the baseline run, which must share the data set."""
+    """The evaluated run (with its data set) and the baseline run (tested on that data set)."""
     dirs = [run_dir] + ([Path(baseline_dir)] if baseline_dir is not None else [])
     names = _unique_names(dirs)
     primary, data = load_run(plugins, run_dir, names[0], settings.checkpoint, device)
     assert data is not None
     runs = [primary]
     if baseline_dir is not None:
-        base_data = _data_name(Path(baseline_dir))
-        if base_data != data_name:
-            raise EvalError(
-                f"The baseline run {str(baseline_dir)!r} was trained on {base_data!r}, the evaluated run on "
-                f"{data_name!r}; a baseline must share the data set (its inputs and classes)."
-            )
         runs.append(load_run(plugins, Path(baseline_dir), names[1], settings.checkpoint, device, primary.context)[0])
+    for run in runs:
+        steps.note(f"{run.name}: loaded checkpoint {run.checkpoint} (step {run.step}) on {device}")
     return runs, data
 
 
@@ -137,14 +141,17 @@ def _report(
             "test_examples": len(inputs.x_test),
             "ood_examples": {name: len(x) for name, x in inputs.ood.items()},
         },
-        "real_data": None if inputs.real_fid is None else {"fid": inputs.real_fid, "protocol": inputs.real_info},
+        "real_data": None
+        if inputs.real_fid is None
+        else {"fid": inputs.real_fid, "kid": inputs.real_kid, "protocol": inputs.real_info},
         "settings": {
             **settings.to_dict(),
             "ood_params": components.ood_params,
             "extractor_params": components.extractor_params,
             "device": str(device),
+            "bootstrap": {"n_boot": settings.n_boot, "level": 0.95, "seed": settings.seed},
         },
-        "protocol": protocol(settings, inputs, data_name, int(context.num_classes or 1)),
+        "protocol": protocol(settings, inputs, data_name, int(context.num_classes or 1), primary.cfg),
         "figures": evaluation.figures.get("all", {}),
     }
 
@@ -159,17 +166,6 @@ def _unique_names(dirs: list[Path]) -> list[str]:
             name = f"{base}_{k}"
         names.append(name)
     return names
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Replace ``target`` with the finished folder ``tmp`` (renames on the same file system)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}-old-{os.getpid()}-{time.time_ns()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_finite(node: Any, path: str = "report") -> None:

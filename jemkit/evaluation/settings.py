@@ -9,6 +9,7 @@ Epsilons are in the ``[-1, 1]`` input units of the models.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,9 @@ class EvalSettings:
 
     profile: str = "image"
     sections: list[str] = field(default_factory=lambda: list(SECTIONS))
-    #: ``last`` (newest step checkpoint), ``best`` or a checkpoint path.
+    #: ``last`` (newest step checkpoint), ``best``, a step number or a checkpoint path.
     checkpoint: str = "last"
+    #: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; ``jemkit sample``'s default too.
     device: str = "auto"
     seed: int = 0
     batch_size: int = 256
@@ -71,6 +73,13 @@ class EvalSettings:
     is_splits: int = 10
     #: Real images whose features FID compares against: ``test`` or ``train`` split.
     fid_reference: str = "test"
+    #: Bootstrap replicates of every 95% confidence interval (resampling the test inputs; 0: no intervals).
+    n_boot: int = 1000
+    #: KID: random subset pairs, and rows per subset (capped by the smaller set).
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    #: Nearest neighbour ``k`` of the precision/recall manifolds (Kynkäänniemi et al. 2019 use 3).
+    pr_k: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,6 +131,15 @@ def resolve_settings(data_name: str, overrides: dict[str, Any]) -> EvalSettings:
     return settings
 
 
+def _did_you_mean(unknown: list[str], choices: tuple[str, ...]) -> str:
+    """`` (did you mean 'acc'?)`` for the first unknown name close to a choice, else ``""``."""
+    for name in unknown:
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+        if close:
+            return f" (did you mean {close[0]!r}?)"
+    return ""
+
+
 def _fail(flag: str, problem: str) -> EvalError:
     return EvalError(f"{flag}: {problem}. See `jemkit eval --help`.")
 
@@ -132,7 +150,8 @@ def check_settings(s: EvalSettings) -> None:
     if unknown or not s.sections:
         raise _fail(
             "--only",
-            f"unknown section(s) {', '.join(map(repr, unknown)) or '(none given)'}; choose from {','.join(SECTIONS)}",
+            f"unknown section(s) {', '.join(map(repr, unknown)) or '(none given)'}"
+            f"{_did_you_mean(unknown, SECTIONS)}; choose from {','.join(SECTIONS)}",
         )
     bad_norms = [n for n in s.norms if n not in NORMS]
     if bad_norms or not s.norms:
@@ -149,6 +168,8 @@ def check_settings(s: EvalSettings) -> None:
         "--n-samples": s.n_samples,
         "--grid-per-class": s.grid_per_class,
         "--is-splits": s.is_splits,
+        "--kid-subsets": s.kid_subsets,
+        "--pr-k": s.pr_k,
     }
     for flag, value in positive.items():
         if value < 1:
@@ -156,13 +177,16 @@ def check_settings(s: EvalSettings) -> None:
     non_negative = {
         "--refine-steps": s.refine_steps,
         "--pgd-steps": s.pgd_steps,
-        "--sgld-steps": s.sgld_steps,
+        "--steps": s.sgld_steps,
         "--defence-steps": s.defence_steps,
         "--defence-noise": s.defence_noise,
+        "--bootstrap": s.n_boot,
     }
     for flag, value in non_negative.items():
         if value < 0:
             raise _fail(flag, f"must be non-negative, got {value}")
+    if s.kid_subset_size < 2:
+        raise _fail("--kid-subset-size", f"must be at least 2, got {s.kid_subset_size}")
     if s.max_test is not None and s.max_test < 2:
         raise _fail("--max-test", f"must be at least 2, got {s.max_test}")
     for flag, values in (("--eps", s.eps_linf), ("--eps-l2", s.eps_l2)):
