@@ -6,15 +6,15 @@ Each component receives its own validated parameters and an explicit
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from jemkit import defaults
 from jemkit.config import DEFAULT_SAMPLER, SamplerParams, TrainParams, build_params, component_params, section
 from jemkit.contracts import (
     Backbone,
@@ -32,6 +32,7 @@ from jemkit.distributed import DistInfo
 from jemkit.guard import GuardParams
 from jemkit.performance import PerformanceParams, prepare_model
 from jemkit.plugin_manager import PluginSet
+from jemkit.rng import RANK_SEED_STRIDE, recipe_seed, seed_everything
 from jemkit.sampler import Sampler, graph_capturable
 
 
@@ -52,10 +53,6 @@ class Experiment:
     performance: PerformanceParams
 
 
-#: Offset between the RNG seeds of consecutive ranks.
-RANK_SEED_STRIDE = 1_000_003
-
-
 def resolve_device(spec: str | None) -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     if spec is not None and not isinstance(spec, str):
@@ -72,13 +69,6 @@ def resolve_device(spec: str | None) -> torch.device:
             f"The recipe asks for device {spec!r}, but no CUDA device is available. Set device=auto or device=cpu."
         )
     return device
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and CUDA) RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
 
 
 def _call(kind: str, name: str, dotted: str, factory: Any, *args: Any) -> Any:
@@ -98,6 +88,14 @@ def build_component(
     registry = plugins.registries[kind]
     name, params = component_params(registry, node, dotted, source)
     return _call(kind, name, dotted, registry.get(name).factory, params, context, *extra)
+
+
+def build_by_name(
+    plugins: PluginSet, kind: str, name: str, context: BuildContext, *extra: Any, source: str = "defaults"
+) -> Any:
+    """The registered ``kind`` component ``name`` built with its default parameters (a default of
+    :mod:`jemkit.defaults`, or a recipe section given only by name)."""
+    return build_component(plugins, kind, OmegaConf.create({kind: {"name": name}}), kind, context, *extra, source=source)
 
 
 def build_data(plugins: PluginSet, cfg: DictConfig, context: BuildContext, source: str = "recipe") -> DataSplits:
@@ -144,8 +142,26 @@ def build_sampler(plugins: PluginSet, cfg: DictConfig, context: BuildContext, so
         raise RecipeError("sampler.init must build a ChainInit and sampler.transition a Transition.")
     sampler = Sampler(init, transition, settings.steps, settings.model_mode, settings.freeze_weights)
     if build_performance(cfg, source).cuda_graphs:
-        enable_cuda_graphs(sampler, cfg, source)
+        enable_cuda_graphs(sampler, cfg, source, plugins=plugins, context=context)
     return sampler
+
+
+def registered_transitions(
+    plugins: PluginSet, context: BuildContext, has: Callable[[Transition], bool]
+) -> list[str]:
+    """Names of the registered transitions that, built with their default parameters in ``context``,
+    satisfy ``has`` (e.g. :func:`~jemkit.sampler.graph_capturable`), sorted. For error messages:
+    a transition that cannot be built from its defaults alone is left out."""
+    names = []
+    for component in plugins.registries["transition"]:
+        try:
+            params = build_params(component.params, {}, f"transition.{component.name}", "defaults")
+            transition = component.factory(params, context)
+        except Exception:  # any failure of a plugin's factory only means "not listed"
+            continue
+        if isinstance(transition, Transition) and has(transition):
+            names.append(component.name)
+    return names
 
 
 def build_performance(cfg: DictConfig, source: str = "recipe") -> PerformanceParams:
@@ -155,17 +171,33 @@ def build_performance(cfg: DictConfig, source: str = "recipe") -> PerformancePar
     )
 
 
-def enable_cuda_graphs(sampler: Sampler, cfg: DictConfig, source: str = "recipe") -> None:
-    """Switch on ``performance.cuda_graphs`` for ``sampler``; its transition must be graph-safe."""
+def enable_cuda_graphs(
+    sampler: Sampler,
+    cfg: DictConfig,
+    source: str = "recipe",
+    *,
+    plugins: PluginSet | None = None,
+    context: BuildContext | None = None,
+) -> None:
+    """Switch on ``performance.cuda_graphs`` for ``sampler``; its transition must be graph-safe.
+
+    With ``plugins`` the error for a transition that is not names the registered ones that are."""
     transition = sampler.transition
     if not graph_capturable(transition):
-        name = OmegaConf.select(cfg, "sampler.transition.name", default="sgld")
+        name = OmegaConf.select(cfg, "sampler.transition.name", default=defaults.TRANSITION)
+        safe = registered_transitions(plugins, context or BuildContext(), graph_capturable) if plugins else []
+        use = f"Use {_one_of(safe)}" if safe else "Use a transition that declares graph_safe = True"
         raise RecipeError(
             f"{source}: performance.cuda_graphs needs a transition whose step launches the same kernels "
             f"every call, and {name!r} ({type(transition).__name__}) does not declare graph_safe = True. "
-            "Use sgld, langevin or proximal_sgld, or set performance.cuda_graphs=false."
+            f"{use}, or set performance.cuda_graphs=false."
         )
     sampler.cuda_graphs = True
+
+
+def _one_of(names: list[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def build_train_params(cfg: DictConfig, source: str = "recipe") -> TrainParams:
@@ -193,9 +225,7 @@ def build_experiment(
     from its own RNG stream (seed + rank offset), so replay-buffer shards differ.
     """
     dist = dist or DistInfo()
-    seed = cfg.get("seed", 1)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise RecipeError(f"{source}: 'seed' must be an integer, got {seed!r}.")
+    seed = recipe_seed(cfg, source)
     train = build_train_params(cfg, source)
     guard = build_params(GuardParams, cfg.get("guard") or {}, "guard", source, what="the divergence guard")
     performance = build_performance(cfg, source)
@@ -204,7 +234,7 @@ def build_experiment(
             f"{source}: train.batch_size={train.batch_size} (the global batch) does not split evenly over "
             f"{dist.world_size} processes; choose a multiple of {dist.world_size}."
         )
-    device = resolve_device(cfg.get("device", "auto"))
+    device = resolve_device(cfg.get("device", defaults.DEVICE))
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
@@ -226,6 +256,8 @@ def build_experiment(
     optimizer = build_component(
         plugins, "optimizer", cfg, "optimizer", context, parameters_requiring_grad(model), source=source
     )
-    schedule_cfg = cfg if cfg.get("schedule") is not None else OmegaConf.create({"schedule": {"name": "constant"}})
-    schedule = build_component(plugins, "schedule", schedule_cfg, "schedule", context, optimizer, source=source)
+    if cfg.get("schedule") is not None:
+        schedule = build_component(plugins, "schedule", cfg, "schedule", context, optimizer, source=source)
+    else:
+        schedule = build_by_name(plugins, "schedule", defaults.SCHEDULE, context, optimizer, source=source)
     return Experiment(cfg, context, data, model, sampler, loss, optimizer, schedule, train, guard, performance)

@@ -12,6 +12,10 @@ integers, kept as such), ``{"$list": [...]}``, ``{"$tuple": [...]}``, ``{"$float
 (also ``"inf"`` and ``"-inf"``), ``{"$tensor": key}`` and
 ``{"$ndarray": key, "dtype": "<f4", "shape": [...], "scalar": false}`` (an array is stored as
 its raw bytes, so every numeric numpy dtype and byte order round-trips).
+
+The last section is the one place that names a run directory's checkpoints and finds them
+(:func:`checkpoint_name`, :func:`list_checkpoints`, :func:`resolve_checkpoint`). The RNG states a
+checkpoint carries are captured and restored by :mod:`jemkit.rng`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import re
 import secrets
 import struct
@@ -395,6 +398,20 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
 
 
 # --------------------------------------------------------------------------- run directories
+#
+# The one place that knows how a run directory names its checkpoints:
+# ``RUN_DIR/checkpoints/step_000123.safetensors`` after 123 optimiser steps (six digits, more
+# when needed) and ``RUN_DIR/checkpoints/best.safetensors`` for the best evaluation so far.
+
+#: Folder of a run directory that holds its checkpoints.
+CHECKPOINT_DIR = "checkpoints"
+#: File name of the checkpoint with the best ``train.best_metric`` so far.
+BEST_NAME = f"best{SUFFIX}"
+
+
+def checkpoint_dir(run_dir: Path | str) -> Path:
+    """``RUN_DIR/checkpoints``."""
+    return Path(run_dir) / CHECKPOINT_DIR
 
 
 def checkpoint_name(step: int) -> str:
@@ -419,6 +436,12 @@ def list_checkpoints(directory: Path | str) -> list[Path]:
     return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
 
 
+def latest_checkpoint(directory: Path | str) -> Path | None:
+    """The step checkpoint with the highest step in ``directory``, or ``None`` if there is none."""
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
 def prune_checkpoints(
     directory: Path | str, keep_last: int, protect: Iterable[Path | str] = frozenset()
 ) -> list[Path]:
@@ -440,44 +463,69 @@ def prune_checkpoints(
     return deleted
 
 
-# --------------------------------------------------------------------------- RNG state
+def resolve_checkpoint(run_dir: Path | str, which: str | int | Path = "last") -> Path:
+    """The checkpoint file of ``run_dir`` that ``which`` names; a :class:`CheckpointError` if none.
 
-
-def rng_state() -> dict[str, Any]:
-    """The global RNG states of python ``random``, numpy, torch CPU and every CUDA device."""
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(legacy=False),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore RNG states captured by :func:`rng_state` (possibly after a checkpoint round trip).
-
-    Sources absent from ``state`` are left alone. CUDA states are restored for the devices
-    present (none if CUDA is unavailable), so a GPU run can be inspected on a CPU machine.
+    ``which`` is ``"last"`` (the step checkpoint with the highest step), ``"best"``
+    (``best.safetensors``), a step number (an ``int`` or a string of digits: ``3`` is
+    ``step_000003.safetensors``) or the path of a checkpoint file. A relative path is taken from
+    the working directory, then from ``RUN_DIR/checkpoints`` (so a bare file name works). Only the
+    file's existence is checked here; :func:`load_checkpoint` reads it.
     """
-    if "python" in state:
-        version, internal, gauss = state["python"]
-        random.setstate((int(version), tuple(int(x) for x in internal), gauss))
-    if "numpy" in state:
-        np.random.set_state(_numpy_state(state["numpy"]))
-    if "torch" in state:
-        torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        for index, device_state in enumerate(list(state["cuda"])[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(torch.as_tensor(device_state, dtype=torch.uint8).cpu(), index)
+    if isinstance(which, bool) or not isinstance(which, (str, int, Path)):
+        raise TypeError(f"which must be 'last', 'best', a step number or a path, got {which!r}")
+    run_dir = Path(run_dir)
+    folder = checkpoint_dir(run_dir)
+    if isinstance(which, str) and which == "last":
+        latest = latest_checkpoint(folder)
+        if latest is None:
+            raise CheckpointError(
+                f"Run directory {str(run_dir)!r} has no checkpoint (looked for step_*{SUFFIX} in "
+                f"{str(folder)!r}). Train it first (`jemkit run RECIPE --out {run_dir}`), let an interrupted "
+                f"run finish (`jemkit run --resume {run_dir}`), or pass --checkpoint PATH with a checkpoint file."
+            )
+        return latest
+    if isinstance(which, str) and which == "best":
+        path = folder / BEST_NAME
+        if not path.is_file():
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} does not exist: a run writes it when train.best_metric improves "
+                f"at an evaluation. Use --checkpoint last, a step number ({_available(folder)}) or the path "
+                "of a checkpoint file."
+            )
+        return path
+    step = _as_step(which)
+    if step is not None:
+        path = folder / checkpoint_name(step)
+        if not path.is_file():
+            raise CheckpointError(
+                f"Run directory {str(run_dir)!r} has no checkpoint of step {step} ({str(path)!r} does not "
+                f"exist); {_available(folder)}. Pass an existing step, last, best, or a checkpoint path."
+            )
+        return path
+    path = Path(which)
+    if not path.is_file() and not path.is_absolute() and (folder / path).is_file():
+        path = folder / path
+    if not path.is_file():
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} does not exist. Pass last, best, a step number "
+            f"({_available(folder)}) or the path of an existing .safetensors checkpoint file."
+        )
+    return path
 
 
-def _numpy_state(state: Any) -> Any:
-    """Numpy's legacy tuple or dict RNG state with its key as a uint32 array again."""
-    if isinstance(state, Mapping):
-        inner = dict(state["state"])
-        inner["key"] = np.asarray(inner["key"], dtype=np.uint32)
-        return {**state, "state": inner}
-    name, key, pos, has_gauss, gauss = state
-    return (str(name), np.asarray(key, dtype=np.uint32), int(pos), int(has_gauss), float(gauss))
+def _as_step(which: str | int | Path) -> int | None:
+    """``which`` as a step number when it is one (an int, or a string of ASCII digits)."""
+    if isinstance(which, int):
+        if which < 0:
+            raise CheckpointError(f"Checkpoint step {which} is negative. Pass a step number >= 0, last or best.")
+        return which
+    if isinstance(which, str) and which.isascii() and which.isdigit():
+        return int(which)
+    return None
+
+
+def _available(folder: Path) -> str:
+    """The steps of the checkpoints in ``folder``, as a phrase for error messages."""
+    steps = [checkpoint_step(p) for p in list_checkpoints(folder)]
+    return "steps available: " + ", ".join(map(str, steps)) if steps else "the run has no step checkpoint"

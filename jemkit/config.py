@@ -321,6 +321,11 @@ def _show(value: Any) -> str:
 def read_run_config(run_dir: Path) -> DictConfig:
     """The resolved recipe ``RUN_DIR/config.yaml`` of an earlier run; a clear error if there is none."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecipeError(
+            f"{str(run_dir)!r} is a file, not a run directory. Pass the directory of an earlier `jemkit run` "
+            "(it holds config.yaml and checkpoints/); to use one checkpoint file, pass it with --checkpoint."
+        )
     if not run_dir.is_dir():
         raise RecipeError(
             f"Run directory {str(run_dir)!r} does not exist. Pass the directory of an earlier "

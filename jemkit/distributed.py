@@ -58,6 +58,18 @@ def initialise(info: DistInfo, device: torch.device) -> None:
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
 
 
+def join(device: torch.device) -> DistInfo:
+    """This process's place in the job, joining the process group first when there are several.
+
+    The one place a process sets up data parallelism: ``jemkit run`` calls it before anything
+    else touches the run directory, and a :class:`~jemkit.train.Trainer` built without a
+    ``DistInfo`` calls it itself. Calling it again is harmless.
+    """
+    info = from_environment()
+    initialise(info, device)
+    return info
+
+
 def shutdown() -> None:
     """Leave the process group (no-op for a single process)."""
     if dist.is_available() and dist.is_initialized():

@@ -42,3 +42,7 @@ class EvalError(JemkitError):
 
 class Interrupted(JemkitError):
     """The run was stopped by SIGINT/SIGTERM after writing a checkpoint (exit code 130)."""
+
+
+class RunLockedError(JemkitError):
+    """Another live process is writing the same run directory."""

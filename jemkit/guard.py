@@ -4,14 +4,26 @@ The JEM reference code aborts when ``abs(loss) > 1e8`` and its authors restarted
 hand from the last checkpoint with a new seed. The guard trips on a non-finite loss, a loss
 above ``max_abs_loss``, or a data-vs-sample energy gap above ``max_energy_gap``; the trainer
 then restores the last checkpoint, reseeds, optionally scales the learning rate, logs the event
-and continues, up to ``max_rollbacks`` times.
+and continues, up to ``max_rollbacks`` times. :func:`check_step` decides whether a step trips;
+:class:`Rollbacks` carries the roll back out.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from jemkit.checkpoint import list_checkpoints
+from jemkit.errors import DivergenceError
+from jemkit.rng import ROLLBACK_SEED_STRIDE, seed_everything
+
+if TYPE_CHECKING:
+    from jemkit.run_state import Progress, RunState
 
 
 @dataclass
@@ -72,3 +84,85 @@ def check_step(params: GuardParams, step: int, loss: float, energy_data: float |
         if not math.isfinite(gap) or abs(gap) > params.max_energy_gap:
             return Trip(step, f"energy gap {gap:.4g} beyond max_energy_gap {params.max_energy_gap:g}")
     return None
+
+
+def scale_learning_rate(
+    optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler, factor: float
+) -> None:
+    """Multiply the current learning rate of every parameter group, and the schedule's base rates
+    (so later schedule steps keep the scaling), by ``factor``."""
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
+    schedule.base_lrs = [base * factor for base in schedule.base_lrs]
+
+
+class Rollbacks:
+    """Rolls a run back to its last good checkpoint when the guard trips.
+
+    Remembers which checkpoint the latest rollback restored until a newer one is written
+    (:meth:`checkpoint_written`): tripping again before that means the restored checkpoint may
+    itself hold the damage, so it is set aside as ``suspect_<name>`` and the next rollback goes one
+    checkpoint further back. The oldest checkpoint always stays, to retry from with a new seed and
+    a lower learning rate.
+    """
+
+    def __init__(self, params: GuardParams, run_state: RunState, seed: int) -> None:
+        self.params = params
+        self.run_state = run_state
+        #: The run's seed; rollback ``n`` reseeds with ``seed + n * ROLLBACK_SEED_STRIDE``.
+        self.seed = seed
+        #: Checkpoint the latest rollback restored, until a newer one is written.
+        self.target: Path | None = None
+
+    def checkpoint_written(self) -> None:
+        """A newer step checkpoint exists: the last rollback target is no longer suspect."""
+        self.target = None
+
+    def roll_back(self, trip: Trip, rollback_events: list[dict[str, Any]]) -> tuple[Progress, dict[str, Any]]:
+        """Restore the last good checkpoint after ``trip`` (given the run's earlier
+        ``rollback_events``), reseed and scale the LR; the restored progress and the event record.
+
+        Raises :class:`DivergenceError` with the whole history once ``max_rollbacks`` is spent
+        (or at once when the guard is disabled, or when there is no checkpoint).
+        """
+        params = self.params
+        history = [*rollback_events, {**trip.as_record()}]
+        directory = self.run_state.directory
+        target = self.target
+        if target is not None and target.exists() and list_checkpoints(directory)[0] != target:
+            os.replace(target, target.with_name("suspect_" + target.name))
+        latest = self.run_state.latest()
+        if not params.enabled or len(history) > params.max_rollbacks or latest is None:
+            raise self._exhausted(history, latest)
+        progress = self.run_state.restore(latest)
+        self.target = latest
+        progress.rollback_events = history
+        # The checkpoint carries the LR scale in force when it was written; apply the rest.
+        scale = params.lr_scale ** len(history)
+        experiment = self.run_state.experiment
+        scale_learning_rate(experiment.optimizer, experiment.schedule, scale / progress.lr_scale)
+        progress.lr_scale = scale
+        if params.reseed:
+            seed_everything(self.seed + ROLLBACK_SEED_STRIDE * len(history))
+        event = {
+            "step": trip.step,
+            "event": "rollback",
+            "reason": trip.reason,
+            "to_step": progress.step,
+            "rollbacks": len(history),
+            "lr_scale": scale,
+            "checkpoint": latest.name,
+        }
+        history[-1].update(event)
+        return progress, event
+
+    def _exhausted(self, history: list[dict[str, Any]], latest: Path | None) -> DivergenceError:
+        params = self.params
+        lines = "; ".join(f"step {ev['step']}: {ev['reason']}" for ev in history)
+        where = f"The last good checkpoint is {str(latest)!r}. " if latest else ""
+        return DivergenceError(
+            f"Training diverged and was not recovered after {len(history) - 1} rollback(s) "
+            f"(guard.max_rollbacks={params.max_rollbacks}, enabled={params.enabled}): {lines}. "
+            f"{where}Stabilise the recipe (lower optimizer.lr, more sampler.steps, loss.energy_l2=0.1) "
+            f"and resume with `jemkit run --resume {self.run_state.run_dir} seed=N`."
+        )

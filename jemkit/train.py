@@ -5,18 +5,19 @@ The :class:`Trainer` owns the run directory::
     config.yaml            the resolved recipe
     metrics.jsonl          one JSON object per logged step (``step``, ``epoch``, ``train/...``, ``test/acc``)
     summary.json           final metrics (``test/acc``, ``steps``, ``wall_seconds``, ...)
-    checkpoints/           ``step_XXXXXXXX.safetensors`` (whole training state) and ``best.safetensors``
+    checkpoints/           ``step_XXXXXX.safetensors`` (whole training state) and ``best.safetensors``
     samples/               sample grids (PNG)
+
+It holds the loop; the rooms around it do the rest: :mod:`jemkit.run_state` (what a checkpoint
+holds; save, restore, prune, resume), :mod:`jemkit.guard` (trips and rollbacks),
+:mod:`jemkit.runlog` (metrics files, averaging, throughput, status text), :mod:`jemkit.rng`
+(seeds and RNG states) and :mod:`jemkit.distributed` (data parallelism).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import platform
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,61 +29,31 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from jemkit import __version__
-from jemkit.build import Experiment, build_experiment
-from jemkit.checkpoint import (
-    checkpoint_name,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from jemkit import defaults
+from jemkit.build import Experiment, build_experiment, resolve_device
+from jemkit.checkpoint import BEST_NAME
 from jemkit.config import to_yaml
 from jemkit.contracts import Batch
-from jemkit.build import RANK_SEED_STRIDE, resolve_device, seed_everything
-from jemkit.distributed import (
-    DataParallelModel,
-    DistInfo,
-    any_rank,
-    barrier,
-    from_environment,
-    gather_objects,
-    initialise,
-    gather_states,
-    local_slice,
-    mean_over_ranks,
-)
+from jemkit.distributed import DataParallelModel, DistInfo, any_rank, barrier, join, local_slice
+from jemkit.errors import Interrupted
+from jemkit.guard import DivergenceTrip, Rollbacks, Trip, check_step
 from jemkit.item_seeds import SeededItems
 from jemkit.performance import autocast, prepare_input
-from jemkit.errors import CheckpointError, DivergenceError, Interrupted
-from jemkit.guard import DivergenceTrip, Trip, check_step
 from jemkit.plugin_manager import PluginSet
-from jemkit.runlog import MetricsWriter, NullMetricsWriter, truncate_metrics, write_json_atomic
+from jemkit.precision import PrecisionChoice, settle_for_run
+from jemkit.rng import EVAL_SEED_OFFSET, preserved_rng
+from jemkit.run_state import Progress, RunState
+from jemkit.runlog import (
+    MetricAverager,
+    MetricsWriter,
+    NullMetricsWriter,
+    Stopwatch,
+    metric_name,
+    status_text,
+    write_json_atomic,
+)
 from jemkit.sampler import RecordingSampler
 from jemkit.samples import save_sample_grid
-
-
-@contextlib.contextmanager
-def preserved_rng(seed: int | None = None) -> Iterator[None]:
-    """Run a block (evaluation, sample grids) without perturbing the training RNG streams.
-
-    Runs that evaluate at different intervals then train identically, and a resumed run matches
-    an uninterrupted one. With ``seed`` the block itself is deterministic (evaluation noise is the
-    same at every evaluation and on every rank).
-    """
-    state = rng_state()
-    try:
-        if seed is not None:
-            seed_everything(seed)
-        yield
-    finally:
-        set_rng_state(state)
-
-
-#: Offset of the evaluation seed from the run's seed (evaluation noise is fixed per run).
-EVAL_SEED_OFFSET = 7_777
 
 
 def evaluate_accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 256) -> dict[str, float]:
@@ -102,41 +73,68 @@ def evaluate_accuracy(model: torch.nn.Module, dataset: Dataset, device: torch.de
     return {"acc": correct / max(total, 1), "loss": loss_sum / max(total, 1)}
 
 
+def _progress_field(name: str) -> property:
+    """A :class:`Trainer` attribute that reads and writes ``trainer.progress.<name>``."""
+
+    def get(self: Trainer) -> Any:
+        return getattr(self.progress, name)
+
+    def set(self: Trainer, value: Any) -> None:
+        setattr(self.progress, name, value)
+
+    return property(get, set, doc=f"``progress.{name}`` (see :class:`~jemkit.run_state.Progress`).")
+
+
 class Trainer:
-    """Runs one experiment in a run directory; also the ``run`` object lifecycle hooks receive."""
+    """Runs one experiment in a run directory; also the ``run`` object lifecycle hooks receive.
+
+    Hooks may read ``run.cfg``, ``run.run_dir``, ``run.experiment`` (context, data, model,
+    sampler, optimiser, ...), ``run.model``, ``run.sampler``, ``run.params`` (the ``train:``
+    section), ``run.device``, ``run.plugins``, ``run.step``, ``run.epoch`` and ``run.last_eval``.
+    ``dist`` is this process's place in a data-parallel job; without it the trainer joins the job
+    its environment describes (:func:`jemkit.distributed.join`).
+    """
+
+    step = _progress_field("step")
+    epoch = _progress_field("epoch")
+    batch_in_epoch = _progress_field("batch_in_epoch")
 
     def __init__(
-        self, plugins: PluginSet, cfg: DictConfig, run_dir: Path, console: Any = None, source: str = "recipe"
+        self,
+        plugins: PluginSet,
+        cfg: DictConfig,
+        run_dir: Path,
+        console: Any = None,
+        source: str = "recipe",
+        dist: DistInfo | None = None,
     ) -> None:
         self.plugins = plugins
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.console = console
-        self.checkpoint_dir = self.run_dir / "checkpoints"
         self.sample_dir = self.run_dir / "samples"
         #: This process's rank and the world size (one process unless started by torchrun).
-        self.dist: DistInfo = from_environment()
-        if self.dist.enabled:
-            initialise(self.dist, resolve_device(cfg.get("device", "auto")))
+        self.dist: DistInfo = dist if dist is not None else join(resolve_device(cfg.get("device", defaults.DEVICE)))
         self.experiment: Experiment = build_experiment(plugins, cfg, self.run_dir, source, self.dist)
         #: What the loss calls: the model, or its DistributedDataParallel facade under torchrun.
         self.train_model = self._wrap_for_training()
-        self.step = 0
-        self.epoch = 0
-        #: Batches of the current epoch already consumed (non-zero only after a mid-epoch resume).
-        self.batch_in_epoch = 0
-        self.previous_wall = 0.0
-        self.best_metric: float | None = None
-        #: Product of the LR scalings applied by rollbacks so far.
-        self.lr_scale = 1.0
-        #: One record per rollback (step, reason, to_step, ...), also in metrics.jsonl.
-        self.rollback_events: list[dict[str, Any]] = []
-        #: Checkpoint the latest rollback restored, until a newer one is written.
-        self._rollback_target: Path | None = None
+        context = self.experiment.context
+        #: Iterations the run trains for (``train.max_steps`` or epochs x steps per epoch).
+        self.total_steps: int = context.total_steps or (context.steps_per_epoch or 1) * self.params.epochs
+        #: Step, epoch, position in the epoch, best metric, LR scale, rollbacks: what checkpoints carry.
+        self.progress = Progress()
+        self.run_state = RunState(self.experiment, self.run_dir, self.dist, plugins.origins, source)
+        self.rollbacks = Rollbacks(self.experiment.guard, self.run_state, context.seed)
+        self.metrics = MetricAverager(self.dist, self.device)
+        self.clock = Stopwatch()
+        self.writer: MetricsWriter | NullMetricsWriter = NullMetricsWriter()  # the real one while fit() runs
         self.last_eval: dict[str, float] = {}
+        #: The precision and memory format ``fit()`` settled on (``performance: auto`` timed or stored).
+        self.precision: PrecisionChoice | None = None
+        self._bar: Any = None  # rich Progress while fit() runs with one
+        self._task: Any = None
+        self._wants_step_hook = bool(plugins.hook.jemkit_step_end.get_hookimpls())
         self._stop_signal: int | None = None
-        self._train_sums: dict[str, Tensor] = {}
-        self._train_count = 0
 
     # ------------------------------------------------------------------ shortcuts
     @property
@@ -161,106 +159,37 @@ class Trainer:
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DataParallelModel(DistributedDataParallel(self.model, device_ids=device_ids))
 
-    # ------------------------------------------------------------------ run directory
+    # ------------------------------------------------------------------ run directory and checkpoints
     def prepare_run_dir(self) -> None:
         """Create the run directory and write the resolved recipe (rank 0; the others wait)."""
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.checkpoint_dir.mkdir(exist_ok=True)
+            self.run_state.directory.mkdir(exist_ok=True)
             self.sample_dir.mkdir(exist_ok=True)
             (self.run_dir / "config.yaml").write_text(to_yaml(self.cfg), encoding="utf-8")
         barrier(self.dist)
 
-    # ------------------------------------------------------------------ checkpoints
-    def state(self) -> dict[str, Any]:
-        """The whole training state, as stored in a checkpoint."""
-        e = self.experiment
-        sampler_state = e.sampler.state_dict()
-        rng = rng_state()
-        state: dict[str, Any] = {
-            "model": e.model.state_dict(),
-            "optimizer": e.optimizer.state_dict(),
-            "schedule": e.schedule.state_dict(),
-            "sampler": sampler_state,
-            "rng": rng,
-            "progress": {
-                "step": self.step,
-                "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch,
-                "wall_seconds": self.previous_wall + self._elapsed(),
-                "best_metric": self.best_metric,
-                "lr_scale": self.lr_scale,
-                "rollback_events": self.rollback_events,
-                "world_size": self.dist.world_size,
-            },
-        }
-        if self.dist.enabled:  # every rank's replay-buffer shard and RNG streams
-            state["sampler_ranks"] = gather_states(sampler_state, self.dist, self.device)
-            state["rng_ranks"] = gather_objects(rng, self.dist)
-        return state
-
-    def metadata(self) -> dict[str, str]:
-        return {
-            "jemkit.recipe": to_yaml(self.cfg),
-            "jemkit.versions": json.dumps(
-                {"jemkit": __version__, "torch": torch.__version__, "python": platform.python_version()}
-            ),
-            "jemkit.plugins": json.dumps(self.plugins.origins),
-        }
-
     def save(self, path: Path | None = None) -> Path:
-        """Write a checkpoint of the current step (atomically) and prune old ones.
-
-        Every rank must call this (it gathers their sampler states); rank 0 writes.
-        """
-        path = path or self.checkpoint_dir / checkpoint_name(self.step)
-        state = self.state()
-        if self.dist.is_main:
-            save_checkpoint(path, state, self.metadata())
-            if path.parent == self.checkpoint_dir and path.name != "best.safetensors":
-                best = self.checkpoint_dir / "best.safetensors"
-                prune_checkpoints(self.checkpoint_dir, self.params.keep_checkpoints, protect={best})
-        barrier(self.dist)
-        if path.name != "best.safetensors":
-            self._rollback_target = None  # a newer checkpoint exists: the last rollback target is cleared
+        """Write a checkpoint of the current step (every rank calls this; rank 0 writes)."""
+        path = self.run_state.save(self.progress, self.clock.elapsed(), path)
+        if path.name != BEST_NAME:
+            self.rollbacks.checkpoint_written()
         return path
 
     def restore(self, path: Path) -> None:
         """Load a checkpoint written by :meth:`save` into this trainer."""
-        checkpoint = load_checkpoint(path, map_location=self.device)
-        state = checkpoint.state
-        e = self.experiment
-        try:
-            e.model.load_state_dict(state["model"])
-            e.optimizer.load_state_dict(state["optimizer"])
-            e.schedule.load_state_dict(state["schedule"])
-            shards = state.get("sampler_ranks")
-            # A run resumed on a different number of ranks reuses the saved shards round-robin.
-            e.sampler.load_state_dict(shards[self.dist.rank % len(shards)] if shards else state["sampler"])
-            progress = state["progress"]
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(
-                f"Checkpoint {str(path)!r} does not fit this recipe's model or sampler: {str(exc).splitlines()[0]}. "
-                "Resume with the recipe the checkpoint was written by (its config.yaml), or start a new run."
-            ) from None
-        rng_ranks = state.get("rng_ranks")
-        if self.dist.rank == 0:
-            set_rng_state(state["rng"])
-        elif rng_ranks and len(rng_ranks) == self.dist.world_size:
-            set_rng_state(rng_ranks[self.dist.rank])
-        else:  # a new rank (world size grew): a fresh stream of its own
-            seed_everything(self.experiment.context.seed + RANK_SEED_STRIDE * self.dist.rank + int(progress["step"]))
-        self.step = int(progress["step"])
-        self.epoch = int(progress["epoch"])
-        self.batch_in_epoch = int(progress["batch_in_epoch"])
-        self.previous_wall = float(progress["wall_seconds"])
-        self.best_metric = progress.get("best_metric")
-        self.lr_scale = float(progress.get("lr_scale", 1.0))
-        self.rollback_events = list(progress.get("rollback_events", []))
+        self.progress = self.run_state.restore(path)
 
-    def latest_checkpoint(self) -> Path | None:
-        found = list_checkpoints(self.checkpoint_dir)
-        return found[-1] if found else None
+    def resume_from_latest(self) -> Path:
+        """Restore the newest checkpoint of the run directory (an error if there is none); its path."""
+        path, self.progress = self.run_state.resume()
+        return path
+
+    def rollback(self, trip: Trip) -> dict[str, Any]:
+        """Restore the last good checkpoint after ``trip``; the event record (see :class:`Rollbacks`)."""
+        self.progress, event = self.rollbacks.roll_back(trip, self.progress.rollback_events)
+        self.metrics.reset()
+        return event
 
     # ------------------------------------------------------------------ data
     def _loader(self, epoch: int) -> DataLoader:
@@ -296,8 +225,8 @@ class Trainer:
             yield Batch(x=prepare_input(x, perf), y=y, x_px=x_px)
 
     # ------------------------------------------------------------------ one iteration
-    def train_step(self, batch: Batch) -> dict[str, Tensor]:
-        """One optimiser step; returns the step's metrics as 0-dim tensors (``loss``, ``acc``, ...).
+    def train_step(self, batch: Batch) -> dict[str, Tensor | float]:
+        """One optimiser step; the step's metrics (``loss``, ``acc``, ...) as floats or 0-dim tensors.
 
         Raises :class:`DivergenceTrip` before any weight update when the guard trips.
         """
@@ -333,7 +262,7 @@ class Trainer:
             metrics[f"sampler/{key}"] = value
         return metrics
 
-    def _check(self, loss: Tensor, metrics: dict[str, Tensor]) -> None:
+    def _check(self, loss: Tensor, metrics: dict[str, Tensor | float]) -> None:
         energy_data, energy_samples = metrics.get("energy_data"), metrics.get("energy_samples")
         trip = check_step(
             self.experiment.guard,
@@ -345,87 +274,7 @@ class Trainer:
         if any_rank(trip is not None, self.dist, self.device):  # all ranks roll back together
             raise DivergenceTrip(trip or Trip(self.step + 1, "divergence on another rank"))
 
-    def rollback(self, trip: Trip) -> dict[str, Any]:
-        """Restore the last checkpoint after ``trip``, reseed, scale the LR; the event record.
-
-        Raises :class:`DivergenceError` with the whole history once ``max_rollbacks`` is spent
-        (or at once when the guard is disabled).
-        """
-        guard = self.experiment.guard
-        history = [*self.rollback_events, {**trip.as_record()}]
-        target = self._rollback_target
-        if target is not None and target.exists() and list_checkpoints(self.checkpoint_dir)[0] != target:
-            # Tripped again before any newer checkpoint: the one we rolled back to may itself hold
-            # the damage (written after it was done). Set it aside and go one further back; the
-            # oldest checkpoint stays, to retry from with a new seed and a lower LR.
-            os.replace(target, target.with_name("suspect_" + target.name))
-        latest = self.latest_checkpoint()
-        if not guard.enabled or len(history) > guard.max_rollbacks or latest is None:
-            lines = "; ".join(f"step {ev['step']}: {ev['reason']}" for ev in history)
-            where = f"The last good checkpoint is {str(latest)!r}. " if latest else ""
-            raise DivergenceError(
-                f"Training diverged and was not recovered after {len(history) - 1} rollback(s) "
-                f"(guard.max_rollbacks={guard.max_rollbacks}, enabled={guard.enabled}): {lines}. "
-                f"{where}Stabilise the recipe (lower optimizer.lr, more sampler.steps, loss.energy_l2=0.1) "
-                f"and resume with `jemkit run --resume {self.run_dir} seed=N`."
-            )
-        self.restore(latest)
-        self._rollback_target = latest
-        self.rollback_events = history
-        # The checkpoint carries the LR scale in force when it was written; apply the rest.
-        scale = guard.lr_scale ** len(history)
-        factor = scale / self.lr_scale
-        for group in self.experiment.optimizer.param_groups:
-            group["lr"] *= factor
-        schedule = self.experiment.schedule
-        schedule.base_lrs = [base * factor for base in schedule.base_lrs]
-        self.lr_scale = scale
-        if guard.reseed:
-            seed_everything(self.experiment.context.seed + 7919 * len(history))
-        self._train_sums, self._train_count = {}, 0
-        event = {
-            "step": trip.step,
-            "event": "rollback",
-            "reason": trip.reason,
-            "to_step": self.step,
-            "rollbacks": len(history),
-            "lr_scale": scale,
-            "checkpoint": latest.name,
-        }
-        history[-1].update(event)
-        return event
-
-    # ------------------------------------------------------------------ logging
-    def _accumulate(self, metrics: dict[str, Tensor]) -> None:
-        for key, value in metrics.items():
-            value = value.detach().float()
-            self._train_sums[key] = self._train_sums[key] + value if key in self._train_sums else value
-        self._train_count += 1
-
-    def _flush_train_metrics(self) -> dict[str, float]:
-        if not self._train_count:
-            return {}
-        sums = mean_over_ranks(self._train_sums, self.dist, self.device)
-        averaged = {f"train/{k}" if "/" not in k else k: float(v) / self._train_count for k, v in sums.items()}
-        self._train_sums, self._train_count = {}, 0
-        if "train/energy_data" in averaged and "train/energy_samples" in averaged:
-            averaged["train/energy_gap"] = averaged["train/energy_samples"] - averaged["train/energy_data"]
-        return averaged
-
-    def _mark_throughput(self) -> None:
-        """Start a new throughput window at the current step."""
-        self._window_step, self._window_start = self.step, time.perf_counter()
-
-    def _throughput(self) -> float:
-        """Training iterations per second of wall time since the last log record (all work included)."""
-        now = time.perf_counter()
-        rate = (self.step - self._window_step) / max(now - self._window_start, 1e-9)
-        self._window_step, self._window_start = self.step, now
-        return rate
-
-    def _elapsed(self) -> float:
-        return time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0
-
+    # ------------------------------------------------------------------ evaluation and samples
     def evaluate(self) -> dict[str, float]:
         """Accuracy on the evaluation split (test, or validation when ``train.eval_on_val``)."""
         data = self.experiment.data
@@ -457,31 +306,34 @@ class Trainer:
     def fit(self, progress: Any = None) -> dict[str, Any]:
         """Train to the end (or ``max_steps``), checkpointing, logging and sampling on the way.
 
-        A guard trip rolls back to the last checkpoint and continues (see :mod:`jemkit.guard`);
-        SIGINT/SIGTERM write a checkpoint and raise :class:`Interrupted`.
+        ``progress`` is an optional rich ``Progress`` to show a bar in. A guard trip rolls back to
+        the last checkpoint and continues (see :mod:`jemkit.guard`); SIGINT/SIGTERM write a
+        checkpoint and raise :class:`Interrupted`.
         """
         p = self.params
         hooks = self.plugins.hook
-        self._writer = MetricsWriter(self.run_dir / "metrics.jsonl") if self.dist.is_main else NullMetricsWriter()
-        self._progress = progress
-        self._total_steps = self.experiment.context.total_steps or (self.experiment.context.steps_per_epoch or 1) * p.epochs
-        self._t0 = time.perf_counter()
-        self._mark_throughput()
+        self.writer = MetricsWriter(self.run_dir / "metrics.jsonl") if self.dist.is_main else NullMetricsWriter()
+        self._bar = progress
+        self.clock.start(self.step)
+        # performance.autocast / channels_last: `auto` timed on the first batch, or kept from precision.json
+        self.precision = settle_for_run(self.experiment, self.run_dir, self.dist)
+        self.writer.write(self.precision.event(self.step))
+        self._say(self.precision.describe())
+        self.clock.mark(self.step)  # throughput counts training only
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-        self._wants_step_hook = bool(hooks.jemkit_step_end.get_hookimpls())
         hooks.jemkit_run_start(run=self)
-        self._task = progress.add_task("train", total=self._total_steps, completed=self.step, status="") if progress else None
+        self._task = progress.add_task("train", total=self.total_steps, completed=self.step, status="") if progress else None
         try:
-            if self.latest_checkpoint() is None:
+            if self.run_state.latest() is None:
                 self.save()  # step 0: the guard can always roll back somewhere
-            while self.epoch < p.epochs and self.step < self._total_steps:
+            while self.epoch < p.epochs and self.step < self.total_steps:
                 try:
                     finished = self._train_epoch()
                 except DivergenceTrip as tripped:
                     event = self.rollback(tripped.trip)
-                    self._mark_throughput()
-                    self._writer.truncate(self.step)
-                    self._writer.write(event)
+                    self.clock.mark(self.step)
+                    self.writer.truncate(self.step)
+                    self.writer.write(event)
                     self._say(
                         f"[yellow]guard:[/yellow] {event['reason']} at step {event['step']}; rolled back to "
                         f"step {event['to_step']} (rollback {event['rollbacks']}, lr x{event['lr_scale']:g})"
@@ -491,7 +343,7 @@ class Trainer:
                     break
             if not self.last_eval:
                 evaluated = self.evaluate()
-                self._writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
+                self.writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
             self.write_samples("final", extra_steps=p.sample_extra_steps)
             summary = self._summary("completed")
             if self.dist.is_main:
@@ -499,72 +351,73 @@ class Trainer:
             hooks.jemkit_run_end(run=self, summary=summary)
             return summary
         finally:
-            self._writer.close()
+            self.writer.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
     def _say(self, text: str) -> None:
         if not self.dist.is_main:
             return
-        if self._progress is not None:
-            self._progress.console.print(text)
+        if self._bar is not None:
+            self._bar.console.print(text)
         elif self.console is not None:
             self.console.print(text)
 
     def _train_epoch(self) -> bool:
         """Train the rest of the current epoch, then evaluate/sample/checkpoint; True when done."""
         p = self.params
-        e = self.experiment
-        hooks = self.plugins.hook
-        progress, task = self._progress, self._task
-        total_steps = self._total_steps
+        bar, task = self._bar, self._task
         for batch in self._batches(self.epoch):
             metrics = self.train_step(batch)
             self.step += 1
             self.batch_in_epoch += 1
-            self._accumulate(metrics)
+            self.metrics.add(metrics)
             if self._wants_step_hook:
-                plain = {f"train/{k}" if "/" not in k else k: float(v) for k, v in metrics.items()}
-                hooks.jemkit_step_end(run=self, step=self.step, metrics=plain)
-            last_of_run = self.step >= total_steps
+                plain = {metric_name(k): float(v) for k, v in metrics.items()}
+                self.plugins.hook.jemkit_step_end(run=self, step=self.step, metrics=plain)
+            last_of_run = self.step >= self.total_steps
             if self.step % p.log_every == 0 or last_of_run:
-                record = self._flush_train_metrics()
-                record["lr"] = e.optimizer.param_groups[0]["lr"]
-                record["time/it_per_s"] = self._throughput()
-                self._writer.write({"step": self.step, "epoch": self.epoch, **record})
-                if progress is not None:
-                    progress.update(task, completed=self.step, status=_status_text(record, self.last_eval))
-            elif progress is not None:
-                progress.update(task, completed=self.step)
+                record = self.metrics.flush()
+                record["lr"] = self.experiment.optimizer.param_groups[0]["lr"]
+                record["time/it_per_s"] = self.clock.rate(self.step)
+                self.writer.write({"step": self.step, "epoch": self.epoch, **record})
+                if bar is not None:
+                    bar.update(task, completed=self.step, status=status_text(record, self.last_eval))
+            elif bar is not None:
+                bar.update(task, completed=self.step)
             if p.checkpoint_every_steps and self.step % p.checkpoint_every_steps == 0:
                 self.save()
             if any_rank(self._stop_signal is not None, self.dist, self.device):
-                path = self.save()
-                name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
-                raise Interrupted(
-                    f"Stopped by {name} at step {self.step}; "
-                    f"checkpoint written to {str(path)!r}. Continue with `jemkit run --resume {self.run_dir}`."
-                )
+                self._stop()
             if last_of_run:
                 break
-        epoch_done = self.batch_in_epoch >= (e.context.steps_per_epoch or 1)
+        epoch_done = self.batch_in_epoch >= (self.experiment.context.steps_per_epoch or 1)
         if epoch_done:
             self.epoch += 1
             self.batch_in_epoch = 0
-        finished = self.step >= total_steps or self.epoch >= p.epochs
+        finished = self.step >= self.total_steps or self.epoch >= p.epochs
         if finished or (epoch_done and self.epoch % p.eval_every_epochs == 0):
             evaluated = self.evaluate()
-            self._writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
+            self.writer.write({"step": self.step, "epoch": self.epoch, **evaluated})
             self._keep_best(evaluated)
-            if progress is not None:
-                progress.update(task, status=_status_text({}, self.last_eval))
+            if bar is not None:
+                bar.update(task, status=status_text({}, self.last_eval))
             else:
-                self._say(f"epoch {self.epoch}  step {self.step}  " + _status_text({}, evaluated))
+                self._say(f"epoch {self.epoch}  step {self.step}  " + status_text({}, evaluated))
         if p.sample_every_epochs and epoch_done and self.epoch % p.sample_every_epochs == 0 and not finished:
             self.write_samples(f"epoch_{self.epoch:04d}")
         if finished or (epoch_done and self.epoch % p.checkpoint_every_epochs == 0):
             self.save()
         return finished
+
+    def _stop(self) -> None:
+        """After SIGINT/SIGTERM (on any rank): write a checkpoint and raise :class:`Interrupted`."""
+        path = self.save()
+        name = signal.Signals(self._stop_signal).name if self._stop_signal else "a signal on another rank"
+        raise Interrupted(
+            f"Stopped by {name} at step {self.step}; "
+            f"checkpoint written to {str(path)!r}. Continue with `jemkit run --resume {self.run_dir}`."
+        )
 
     def _keep_best(self, evaluated: dict[str, float]) -> None:
         """Write ``checkpoints/best.safetensors`` when ``train.best_metric`` improves."""
@@ -572,36 +425,24 @@ class Trainer:
         value = next((v for k, v in evaluated.items() if k.split("/", 1)[-1] == p.best_metric), None)
         if value is None:
             return
-        better = self.best_metric is None or (value > self.best_metric if p.best_mode == "max" else value < self.best_metric)
+        best = self.progress.best_metric
+        better = best is None or (value > best if p.best_mode == "max" else value < best)
         if better:
-            self.best_metric = value
-            self.save(self.checkpoint_dir / "best.safetensors")
+            self.progress.best_metric = value
+            self.save(self.run_state.directory / BEST_NAME)
 
     def _summary(self, status: str) -> dict[str, Any]:
-        summary: dict[str, Any] = {
+        return {
             "recipe": str(self.cfg.get("name")),
             "status": status,
             **self.last_eval,
             "steps": self.step,
             "epochs": self.epoch,
-            "rollbacks": len(self.rollback_events),
-            "wall_seconds": round(self.previous_wall + self._elapsed(), 3),
+            "rollbacks": len(self.progress.rollback_events),
+            "wall_seconds": round(self.progress.previous_wall + self.clock.elapsed(), 3),
             "device": str(self.device),
+            **(self.precision.summary() if self.precision is not None else {}),
         }
-        return summary
-
-    def resume_from_latest(self) -> Path:
-        """Restore the newest checkpoint of the run directory; error if there is none."""
-        latest = self.latest_checkpoint()
-        if latest is None:
-            raise CheckpointError(
-                f"Run directory {str(self.run_dir)!r} has no checkpoint to resume from "
-                f"(looked in {str(self.checkpoint_dir)!r}). Start the run afresh with `jemkit run RECIPE`."
-            )
-        self.restore(latest)
-        if self.dist.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
-        return latest
 
 
 def usable_cpus() -> int:
@@ -609,17 +450,3 @@ def usable_cpus() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
-
-
-def _status_text(record: dict[str, float], last_eval: dict[str, float]) -> str:
-    parts = []
-    if "train/loss" in record:
-        parts.append(f"loss {record['train/loss']:.3f}")
-    if "train/acc" in record:
-        parts.append(f"acc {record['train/acc']:.3f}")
-    if "train/energy_gap" in record:
-        parts.append(f"E gap {record['train/energy_gap']:+.3f}")
-    for key, value in last_eval.items():
-        if key.endswith("/acc"):
-            parts.append(f"{key} {value:.4f}")
-    return "  ".join(parts)

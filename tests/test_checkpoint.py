@@ -33,11 +33,10 @@ from jemkit.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
     read_metadata,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from jemkit.errors import CheckpointError
+from jemkit.rng import rng_state, set_rng_state
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

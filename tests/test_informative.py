@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from jemkit.checkpoint import rng_state
+from jemkit.rng import rng_state
 from jemkit.contracts import BuildContext
 from jemkit_plugins.data.data_digits import DigitsParams, build_digits
 from jemkit_plugins.samplers.informative import (

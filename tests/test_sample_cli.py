@@ -112,3 +112,64 @@ def test_sample_from_a_toy_run_draws_the_density_picture(tmp_path, cli):
     result = cli("sample", run, "--n", "50", "--steps", "5", "--out", out)
     assert result.code == 0, result.err
     assert _is_png(out)
+
+
+def test_run_dir_that_is_a_file_is_a_clear_error(digits_run, tmp_path, cli):
+    checkpoint = list_checkpoints(digits_run / "checkpoints")[-1]
+    result = cli("sample", checkpoint, "--out", tmp_path / "x.png")
+    _assert_clean_error(result, "is a file, not a run directory", "--checkpoint")
+    assert "does not exist" not in result.err
+
+
+def _drawn_samples(monkeypatch, cli, *args):
+    """Run ``jemkit sample ARGS`` and return the samples it drew (``[N, C, H, W]``)."""
+    import jemkit.samples
+
+    drawn = {}
+
+    def capture(x, path, nrow=10, **kwargs):
+        drawn["x"] = x.detach().cpu()
+        path.write_bytes(PNG_MAGIC)
+        return path
+
+    monkeypatch.setattr(jemkit.samples, "save_sample_grid", capture)
+    result = cli("sample", *args)
+    assert result.code == 0, result.err
+    return drawn["x"]
+
+
+def test_reinit_controls_how_many_buffer_chains_restart_from_noise(digits_run, tmp_path, cli, monkeypatch):
+    from jemkit.checkpoint import load_checkpoint
+
+    buffer = load_checkpoint(list_checkpoints(digits_run / "checkpoints")[-1]).state["sampler"]["buffer"]
+    flat = buffer.flatten(1)
+    common = ["--steps", "0", "--n", "32", "--out", tmp_path / "x.png"]
+
+    def stored(x):  # whether each sample is one of the buffer's stored states
+        return [bool((flat == row).all(dim=1).any()) for row in x.flatten(1)]
+
+    kept = _drawn_samples(monkeypatch, cli, digits_run, "--reinit", "0", *common)
+    assert all(stored(kept)), "--reinit 0: every chain continues a stored state"
+    fresh = _drawn_samples(monkeypatch, cli, digits_run, "--reinit", "1", *common)
+    assert not any(stored(fresh)) and fresh.min() >= -1 and fresh.max() <= 1, "--reinit 1: every chain from noise"
+
+
+def test_reinit_errors_are_clear(digits_run, tmp_path, cli):
+    out = tmp_path / "x.png"
+    _assert_clean_error(cli("sample", digits_run, "--reinit", "1.5", "--out", out), "--reinit", "[0, 1]")
+    _assert_clean_error(cli("sample", digits_run, "--from", "noise", "--reinit", "0", "--out", out), "--from buffer")
+    assert not out.exists()
+
+
+def test_eval_and_sample_share_their_vocabulary():
+    from jemkit.cli import _parser
+
+    parser = _parser(["eval"])
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps subparsers privately
+    options = {name: {o: a for a in commands[name]._actions for o in a.option_strings} for name in ("eval", "sample")}
+    for flag in ("--checkpoint", "--steps", "--device", "--seed", "--out"):
+        assert flag in options["eval"] and flag in options["sample"], flag
+    for flag in ("--checkpoint", "--device"):
+        assert options["eval"][flag].help == options["sample"][flag].help, flag
+    assert options["sample"]["--device"].default == "auto" and options["sample"]["--checkpoint"].default == "last"
+    assert "reinit" in options["sample"]["--from"].help and "--reinit" in options["sample"]

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from jemkit import sweep
 from jemkit.cli import report_plugin_failures
 from jemkit.config import apply_overrides, check_structure, load_recipe, read_run_config, to_yaml
 from jemkit.entry import apply_env_defaults
@@ -27,11 +28,15 @@ def add_parser(subparsers: Any) -> None:
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=5")
     run.add_argument("--out", type=Path, help="run directory (default runs/<recipe-name>-<timestamp>)")
     run.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    run.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (a sweep directory: finish its missing members)",
+    )
     run.add_argument(
         "--nproc", type=int, default=1, metavar="N",
         help="train data-parallel on N local processes (launches torchrun; gloo on CPU, NCCL on CUDA)",
     )
+    sweep.add_sweep_options(run)
     run.set_defaults(handler=run_command)
 
 
@@ -65,6 +70,8 @@ def _resume_config(run_dir: Path, overrides: list[str]):
 
 def run_command(args: argparse.Namespace, console: Console, errors: Console) -> int:
     """``jemkit run``: train a recipe, or resume a run directory."""
+    if sweep.sweep_requested(args):  # --seeds, -m or --resume SWEEP_DIR: see jemkit/sweep.py
+        return sweep.sweep_command(args, console, errors, default_dir=default_run_dir)
     overrides = list(args.overrides)
     if args.resume is not None:
         if args.recipe is not None:
@@ -89,13 +96,12 @@ def run_command(args: argparse.Namespace, console: Console, errors: Console) -> 
     if args.nproc > 1:
         return launch_local_processes(args, run_dir, errors)
 
-    from jemkit import distributed  # heavy imports (torch) only when training
+    from jemkit import defaults, distributed  # heavy imports (torch) only when training
     from jemkit.build import resolve_device
     from jemkit.train import Trainer
 
-    dist_info = distributed.from_environment()
+    dist_info = distributed.join(resolve_device(cfg.get("device", defaults.DEVICE)))  # the one set-up
     if dist_info.enabled:
-        distributed.initialise(dist_info, resolve_device(cfg.get("device", "auto")))
         run_dir = Path(distributed.broadcast_object(str(run_dir), dist_info))  # rank 0's timestamp
         if not dist_info.is_main:
             console.quiet = True
@@ -105,7 +111,7 @@ def run_command(args: argparse.Namespace, console: Console, errors: Console) -> 
     if args.resume is None:
         _check_fresh_run_dir(run_dir)
     distributed.barrier(dist_info)
-    trainer = Trainer(plugins, cfg, run_dir, console=console, source=source)
+    trainer = Trainer(plugins, cfg, run_dir, console=console, source=source, dist=dist_info)
     if args.resume is not None:
         checkpoint = trainer.resume_from_latest()
         console.print(f"resuming [bold]{cfg.name}[/bold] from {checkpoint} (step {trainer.step})")

@@ -2,10 +2,11 @@
 
 The model and sampler are rebuilt from ``RUN_DIR/config.yaml`` (the data set is built too: it
 gives the input shape and classes, and fitted initialisers read their cache from the run
-directory), the weights and sampler state are loaded from the newest step checkpoint in
-``RUN_DIR/checkpoints`` (or ``--checkpoint PATH``), and the chains run with the recipe's
-transition. Image runs give a PNG grid; 2-D runs give the density picture of
-:mod:`jemkit_plugins.evaluation.toy_plot` with the samples.
+directory), the weights and sampler state are loaded from a checkpoint (``--checkpoint``:
+``last``, the newest step checkpoint in ``RUN_DIR/checkpoints``, by default; ``best``, a step
+number or a path), and the chains run with the recipe's transition. A plugin implementing
+``jemkit_draw_samples`` draws the PNG (the built-in ``toy_plot`` draws 2-D runs' samples over the
+learned density); image runs no plugin draws give a PNG grid.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 from rich.console import Console
 
+from jemkit.cli.eval import CHECKPOINT_HELP, DEVICE_HELP
 from jemkit.config import read_run_config
-from jemkit.errors import CheckpointError, JemkitError, RecipeError
+from jemkit.errors import JemkitError, RecipeError
 
 #: Chain starting points ``--from`` accepts.
 SOURCES: tuple[str, ...] = ("buffer", "noise")
@@ -36,9 +38,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="directory of an earlier `jemkit run`")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="PNG file to write")
-    parser.add_argument(
-        "--checkpoint", type=Path, metavar="PATH", help="checkpoint file (default: newest in RUN_DIR/checkpoints)"
-    )
+    parser.add_argument("--checkpoint", default="last", metavar="WHICH", help=CHECKPOINT_HELP)
     parser.add_argument("--class", dest="class_index", type=int, metavar="K", help="sample p(x|y=K) instead of p(x)")
     parser.add_argument(
         "--steps", type=int, metavar="N", help="transition steps per chain (default: the recipe's sampler.steps)"
@@ -49,11 +49,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         dest="source",
         choices=SOURCES,
         default="buffer",
-        help="chain starts: the run's own initialiser as the checkpoint left it (buffer, default: its "
-        "replay buffer, or the fresh draws of a stateless initialiser) or uniform noise in [-1, 1] (noise)",
+        help="chain starts. buffer (default): the run's own initialiser as the checkpoint left it, i.e. its "
+        "replay buffer, where, as in training, each chain restarts from uniform noise with probability "
+        "sampler.init.reinit_freq (JEM: 0.05; see --reinit), or the fresh draws of a stateless initialiser. "
+        "noise: every chain from uniform noise in [-1, 1]",
+    )
+    parser.add_argument(
+        "--reinit",
+        type=float,
+        metavar="P",
+        help="with --from buffer: probability that a chain restarts from noise instead of a stored buffer "
+        "state (default: the recipe's sampler.init.reinit_freq; 0: none does)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the chains (default 0)")
-    parser.add_argument("--device", help="device to sample on (default: the recipe's device)")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.set_defaults(handler=sample_command)
     return parser
 
@@ -65,84 +74,75 @@ def _check_args(args: argparse.Namespace) -> None:
         raise RecipeError(f"--steps must be non-negative, got {args.steps}.")
     if args.out.suffix.lower() != ".png":
         raise RecipeError(f"--out {str(args.out)!r} must name a .png file.")
-
-
-def _checkpoint_path(run_dir: Path, explicit: Path | None) -> Path:
-    from jemkit.checkpoint import list_checkpoints
-
-    if explicit is not None:
-        if not explicit.is_file():
-            raise CheckpointError(f"Checkpoint {str(explicit)!r} does not exist. Pass an existing .safetensors file.")
-        return explicit
-    found = list_checkpoints(run_dir / "checkpoints")
-    if not found:
-        raise CheckpointError(
-            f"Run directory {str(run_dir)!r} has no checkpoint (looked in {str(run_dir / 'checkpoints')!r}). "
-            "Train it first (`jemkit run`), or pass --checkpoint PATH."
-        )
-    return found[-1]
+    if args.reinit is not None:
+        if not 0.0 <= args.reinit <= 1.0:
+            raise RecipeError(f"--reinit is a probability in [0, 1], got {args.reinit}.")
+        if args.source != "buffer":
+            raise RecipeError("--reinit applies to --from buffer; with --from noise every chain starts from noise.")
 
 
 def sample_command(args: argparse.Namespace, console: Console, errors: Console) -> int:
     """``jemkit sample``: rebuild a run's model and sampler, load a checkpoint, write samples as PNG."""
     _check_args(args)
-    cfg = read_run_config(args.run_dir)
-    checkpoint_path = _checkpoint_path(args.run_dir, args.checkpoint)
-    if args.device:
-        cfg.device = args.device
+    # Fail fast on the run directory and the checkpoint, before the heavy imports and the build.
+    read_run_config(args.run_dir)
+    from jemkit.checkpoint import resolve_checkpoint
 
-    import torch  # heavy imports only once the arguments are known to be good
+    checkpoint_path = resolve_checkpoint(args.run_dir, args.checkpoint)
 
-    from jemkit.build import build_data, build_model, build_sampler, resolve_device, seed_everything
-    from jemkit.checkpoint import load_checkpoint
+    import torch
+
+    from jemkit import defaults
+    from jemkit.build import build_by_name, resolve_device
     from jemkit.cli import report_plugin_failures
-    from jemkit.contracts import BuildContext
+    from jemkit.performance import autocast
     from jemkit.plugin_manager import load_plugins
+    from jemkit.rng import seed_everything
+    from jemkit.run_open import open_run
     from jemkit.samples import save_sample_grid
-    from jemkit_plugins.samplers.sampling import UniformNoise
 
     plugins = load_plugins()
     report_plugin_failures(plugins, errors)
-    source = str(args.run_dir / "config.yaml")
-    device = resolve_device(cfg.get("device", "auto"))
-    seed_everything(int(cfg.get("seed", 1)))
-    context = BuildContext(device=device, run_dir=args.run_dir, seed=int(cfg.get("seed", 1)))
-    data = build_data(plugins, cfg, context, source)
+    device = resolve_device(args.device) if args.device else None
+    run = open_run(plugins, args.run_dir, checkpoint_path, device, restore_sampler=args.source == "buffer")
+    cfg, context, data, model, sampler, device = run.cfg, run.context, run.data, run.model, run.sampler, run.context.device
     if args.class_index is not None and not 0 <= args.class_index < data.num_classes:
         raise RecipeError(
             f"--class {args.class_index} is not a class of this run: its data set has {data.num_classes} "
             f"classes, indices 0 to {data.num_classes - 1}."
         )
-    model = build_model(plugins, cfg, context, source)
-    sampler = build_sampler(plugins, cfg, context, source)
-    state = load_checkpoint(checkpoint_path, map_location=device).state
-    try:
-        model.load_state_dict(state["model"])
-        if args.source == "buffer":
-            sampler.load_state_dict(state.get("sampler", {}))
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(
-            f"Checkpoint {str(checkpoint_path)!r} does not fit the model or sampler of {source}: "
-            f"{str(exc).splitlines()[0]}. Pass a checkpoint written by this run."
-        ) from None
     if args.source == "noise":
-        sampler.init = UniformNoise(tuple(context.input_shape))
+        sampler.init = build_by_name(plugins, "chain_init", defaults.FRESH_CHAIN_INIT, context, source="--from noise")
+    if args.reinit is not None:
+        _set_reinit(sampler.init, args.reinit)
 
     seed_everything(args.seed)
     y = None if args.class_index is None else torch.full((args.n,), args.class_index, dtype=torch.long, device=device)
-    x = sampler.sample(model, args.n, y=y, steps=args.steps, device=device, persist=False)
+    with autocast(device, run.performance):  # the precision the run trained with
+        x = sampler.sample(model, args.n, y=y, steps=args.steps, device=device, persist=False)
     shape = tuple(context.input_shape)
-    if len(shape) == 3:
+    title = str(cfg.get("name", ""))
+    drawn = plugins.hook.jemkit_draw_samples(
+        path=args.out, model=model, samples=x, data=data, context=context, title=title
+    )
+    if drawn is None and len(shape) == 3:
         save_sample_grid(x, args.out, nrow=math.ceil(math.sqrt(args.n)))
-    elif shape == (2,):
-        from jemkit_plugins.evaluation.toy_plot import save_density_plot, training_inputs
-
-        data_x = training_inputs(data.train, 2000)
-        save_density_plot(args.out, model, data_x, x, title=str(cfg.get("name", "")))
-    else:
+    elif drawn is None:
         raise JemkitError(
-            f"jemkit sample draws images (C, H, W) or 2-D points, but this run's inputs have shape {shape}."
+            f"jemkit sample draws images (C, H, W) as a grid and other inputs through plugins that implement "
+            f"jemkit_draw_samples (the built-in toy_plot draws 2-D points), but no installed plugin draws this "
+            f"run's inputs of shape {shape}."
         )
     diagnostics = "  ".join(f"{k} {v:.4g}" for k, v in sampler.last_diagnostics.items())
     console.print(f"wrote {args.n} samples from {checkpoint_path} to {args.out}  {diagnostics}", highlight=False)
     return 0
+
+
+def _set_reinit(init: Any, probability: float) -> None:
+    """Set a buffer initialiser's restart probability (``--reinit``); an error for one without."""
+    if not hasattr(init, "reinit_freq"):
+        raise RecipeError(
+            f"--reinit: this run's chain initialiser ({type(init).__name__}) keeps no replay buffer, so no chain "
+            "is re-initialised; leave --reinit out."
+        )
+    init.reinit_freq = float(probability)
