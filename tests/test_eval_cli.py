@@ -211,6 +211,13 @@ def test_only_runs_the_chosen_sections(cli, runs):
     assert {"accuracy", "calibration"} <= set(entry) and not {"ood", "robustness", "generation"} & set(entry)
     assert entry["accuracy"]["clean"] == entry["accuracy"]["refined"], "zero refinement steps change nothing"
     assert len(entry["calibration"]["reliability"]["count"]) == 5
+    scaled = entry["calibration"]["temperature_scaled"]
+    assert len(scaled["temperature"]) == 2 and all(t > 0 for t in scaled["temperature"])
+    assert 0.0 <= scaled["ece"] <= 1.0 and "cross-fit" in scaled["fitted_on"]
+    lo, hi = scaled["ece_ci95"]
+    assert lo <= hi
+    markdown = (jem / "eval" / "latest" / "report.md").read_text()
+    assert "ECE after temperature scaling" in markdown
 
 
 def test_run_directory_without_checkpoint_is_a_clear_error(cli, runs, tmp_path):

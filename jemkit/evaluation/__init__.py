@@ -43,6 +43,7 @@ names the newest)::
           "accuracy": {"clean": p, "refined": p, "nll": nats, "n": int,
                        "refine": {"steps": K, "transition": {"source": "run"|"cli", "name": ..., ...}}},
           "calibration": {"ece": p, "bins": int, "n": int,
+                          "temperature_scaled": {"ece": p, "temperature": [T, T], "fitted_on": str},
                           "reliability": {"lower": [..], "upper": [..], "confidence": [..],
                                           "accuracy": [..], "count": [..]}},
           "ood": {"<set>": {"log_px"|"max_pyx"|"grad_norm": {"auroc": p, "fpr95": p}}},

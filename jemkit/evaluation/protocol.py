@@ -77,7 +77,10 @@ def protocol(
             f"Expected calibration error: L1 gap between accuracy and mean confidence over {s.bins} equal-width "
             "confidence bins, weighted by bin size (torchmetrics MulticlassCalibrationError), on the same test "
             "inputs. The reliability diagram shows each bin's accuracy and mean confidence side by side, with the "
-            "number of inputs in the bin above (a bin of a few inputs is noise)."
+            "number of inputs in the bin above (a bin of a few inputs is noise). Temperature-scaled ECE (Guo et "
+            "al. 2017): the logits divided by one T > 0 fitted by NLL, cross-fitted on two seeded halves of the "
+            "test inputs (each half scaled with the T fitted on the other half); T > 1 means the model was "
+            "over-confident, T < 1 under-confident."
             + bootstrap_sentence(s, "the test inputs")
             + (" ECE is biased upward on small samples, so its interval can lie above the value." if s.n_boot else "")
         ),

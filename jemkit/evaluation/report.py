@@ -118,6 +118,7 @@ def build_tables(report: dict[str, Any]) -> list[ReportTable]:
         t = ReportTable("Calibration", names)
         bins = report["settings"].get("bins")
         t.add(f"ECE ({bins} bins)", per_run("calibration", "ece"))
+        t.add("ECE after temperature scaling", per_run("calibration", "temperature_scaled", "ece"))
         t.figures = [
             (f"{n}: reliability diagram", runs[n]["figures"]["reliability"])
             for n in names
