@@ -10,7 +10,7 @@ from jemkit.contracts import Batch, BuildContext
 from jemkit_plugins.training.losses import CrossEntropyLoss, JEMLoss, JEMLossParams
 from jemkit_plugins.training.optim import WarmupMultiStepParams, build_warmup_multistep, warmup_multistep_factor
 
-from test_contracts import _tiny_model
+from jemkit.testing import tiny_model as _tiny_model
 
 
 class FixedSampler:
