@@ -5,13 +5,16 @@ Usage::
 
     python benchmarks/step_cost.py RECIPE [key=value ...] [--repeats 7] [--warmup 2] [--iters 3]
                                    [--device cpu|cuda] [--threads N] [--json OUT.json]
+                                   [--levers [--rounds N] [--only TEXT] [--with-compile]]
 
 The experiment is built exactly as ``jemkit run`` builds it (``load_plugins`` + ``load_recipe`` +
-``Trainer`` -> ``build_experiment``) and every timing runs on the first batch of a training
-DataLoader with the recipe's batch size. Timed, each as the median over ``--repeats`` runs of
-``--iters`` iterations after ``--warmup`` warm-up iterations (CUDA is synchronised around each run;
-the runs of the different measurements are interleaved so that changing machine load hits them
-alike):
+``Trainer`` -> ``build_experiment``), its ``performance.autocast`` / ``channels_last`` are settled as
+a run settles them (``auto`` is timed on the first training examples, :mod:`jemkit.precision`), and
+every timing runs on the first batch of a training DataLoader with the recipe's batch size, in the
+memory format and under the autocast of the settled precision (the breakdown adds up under any
+precision). Timed, each as the median over ``--repeats`` runs of ``--iters`` iterations after
+``--warmup`` warm-up iterations (CUDA is synchronised around each run; the runs of the different
+measurements are interleaved so that changing machine load hits them alike):
 
 ``jem_iteration``
     ``Trainer.train_step`` itself: the recipe's loss (sampling included), backward, optimiser and
@@ -33,10 +36,17 @@ alike):
 ``plain_iteration``
     ``Trainer.train_step`` with the loss swapped for ``cross_entropy`` on a copy of the network with
     its own optimiser and schedule built from the recipe, so the JEM state is left alone.
+``reference_iteration``
+    A plain PyTorch JEM iteration written the way the reference JEM code writes it
+    (``benchmarks/plain_jem.py``: separate batches for p(x) and p(y|x), three forward passes,
+    fp32, NCHW, weights not frozen while sampling) on an fp32 NCHW copy of the same network, with
+    the recipe's K, SGLD step and noise, buffer size, loss weights and optimiser.
 
 Derived: ``floor = sampler_calls * K * sampler_step + update`` (what an iteration costs if sampling
 were nothing but its K transitions and the update were free of overhead) and the ratios
-``jem / plain`` and ``jem / floor``. ``measure()`` returns all of it as a dict.
+``jem / plain``, ``jem / floor`` and ``reference / jem`` (how many times faster jemkit's iteration
+is than the reference-style loop, both measured in this run). ``measure()`` returns all of it as a
+dict, with the CPU model, torch's CPU capability, the CPU's bf16 flags and the precision record.
 """
 
 from __future__ import annotations
@@ -67,12 +77,20 @@ from jemkit.build import build_component
 from jemkit.config import load_recipe
 from jemkit.contracts import Batch, parameters_requiring_grad
 from jemkit.errors import JemkitError
+from jemkit.performance import autocast, prepare_input
 from jemkit.plugin_manager import load_plugins
+from jemkit.precision import hardware, settle_for_run
 from jemkit.sampler import frozen_weights, model_mode
 from jemkit.train import Trainer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # plain_jem.py beside this script
+from plain_jem import PlainJEM  # noqa: E402
+
 #: Timings in the order they are measured and printed.
-TIMINGS = ("jem_iteration", "sampler_step", "sampler_call", "update", "optimizer_step", "plain_iteration")
+TIMINGS = (
+    "jem_iteration", "sampler_step", "sampler_call", "update", "optimizer_step", "plain_iteration",
+    "reference_iteration",
+)
 
 
 # --------------------------------------------------------------------------- timing
@@ -175,20 +193,47 @@ class _RecordedNegatives:
         return x
 
 
-def _first_batch(trainer: Trainer) -> Batch:
-    """The first shuffled batch of an epoch-0 training DataLoader (as the Trainer seeds it)."""
+def _first_batches(trainer: Trainer) -> tuple[Batch, Batch]:
+    """The first two shuffled batches of an epoch-0 training DataLoader (as the Trainer seeds it),
+    NCHW; the second is the first again when the training set holds only one batch."""
     e = trainer.experiment
     generator = torch.Generator()
     generator.manual_seed(e.context.seed * 100003)
     loader = DataLoader(e.data.train, batch_size=e.train.batch_size, shuffle=True, drop_last=True, generator=generator)
-    try:
-        x, y = next(iter(loader))
-    except StopIteration:
+    batches = []
+    for x, y, *_ in loader:
+        batches.append(Batch(x=x.to(trainer.device), y=y.to(trainer.device)))
+        if len(batches) == 2:
+            break
+    if not batches:
         raise JemkitError(
             f"The training set has {len(e.data.train)} examples, fewer than one batch of "
             f"{e.train.batch_size}; lower train.batch_size."
-        ) from None
-    return Batch(x=x.to(trainer.device), y=y.to(trainer.device))
+        )
+    return batches[0], batches[-1]
+
+
+def _reference_loop(trainer: Trainer, plugins: Any, cfg: Any, source: str) -> PlainJEM:
+    """The reference-style loop (:mod:`plain_jem`) on an fp32 NCHW copy of the run's network, with
+    the recipe's K, SGLD step and noise, buffer size, reinitialisation rate, loss weights and
+    optimiser (its own instance)."""
+    e = trainer.experiment
+    model = copy.deepcopy(e.model).to(memory_format=torch.contiguous_format)
+    optimizer = build_component(
+        plugins, "optimizer", cfg, "optimizer", e.context, list(model.parameters()), source=source
+    )
+    transition = OmegaConf.select(cfg, "sampler.transition", default=None) or {}
+    init = OmegaConf.select(cfg, "sampler.init", default=None) or {}
+    return PlainJEM(
+        model, optimizer, tuple(e.context.input_shape),
+        steps=int(e.sampler.steps),
+        step_size=float(transition.get("step_size", 1.0)),
+        noise=float(transition.get("noise", 0.01)),
+        buffer_size=int(init.get("size", 10000)),
+        reinit_freq=float(init.get("reinit_freq", 0.05)),
+        px_weight=float(OmegaConf.select(cfg, "loss.px", default=1.0)),
+        pyx_weight=float(OmegaConf.select(cfg, "loss.pyx", default=1.0)),
+    )
 
 
 def _record_sampler_calls(trainer: Trainer, batch: Batch) -> list[tuple[int, Tensor | None, Tensor]]:
@@ -222,12 +267,14 @@ def measure(
     iters: int = 3,
     device: str | None = None,
     threads: int | None = None,
+    reference: bool = True,
 ) -> dict[str, Any]:
     """Build ``recipe`` (with ``overrides``) and time a JEM iteration, its parts and a plain iteration.
 
     ``device`` (``cpu``, ``cuda``, ``cuda:N``) overrides the recipe's ``device``; ``threads`` sets
-    ``torch.set_num_threads`` for the measurement (the previous setting is restored afterwards).
-    Returns a JSON-serialisable dict (see the module docstring).
+    ``torch.set_num_threads`` for the measurement (the previous setting is restored afterwards);
+    ``reference=False`` leaves out the reference-style loop. Returns a JSON-serialisable dict (see
+    the module docstring).
     """
     if min(repeats, iters) < 1 or warmup < 0:
         raise ValueError("repeats and iters must be at least 1 and warmup non-negative")
@@ -235,13 +282,16 @@ def measure(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _measure(recipe, list(overrides), repeats=repeats, warmup=warmup, iters=iters, device=device)
+        return _measure(
+            recipe, list(overrides), repeats=repeats, warmup=warmup, iters=iters, device=device, reference=reference
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _measure(
-    recipe: str | Path, overrides: list[str], *, repeats: int, warmup: int, iters: int, device: str | None
+    recipe: str | Path, overrides: list[str], *, repeats: int, warmup: int, iters: int, device: str | None,
+    reference: bool,
 ) -> dict[str, Any]:
     overrides = [*overrides, *([f"device={device}"] if device else [])]
     plugins = load_plugins()
@@ -261,8 +311,14 @@ def _measure(
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
 
-        batch = _first_batch(trainer)
+        first, second = _first_batches(trainer)
         load_before = _load_average()
+        # the reference-style loop copies the network before the precision is applied (fp32 NCHW)
+        plain_jem = _reference_loop(trainer, plugins, cfg, str(recipe)) if reference else None
+        # the precision a run of this recipe would use (auto: timed now, as at the start of a run)
+        precision = settle_for_run(e, Path(tmp) / "run", trainer.dist)
+        perf = e.performance
+        batch = Batch(x=prepare_input(first.x, perf), y=first.y)  # as Trainer._batches prepares it
 
         # One real iteration first: it records the sampler calls the loss makes (count, n, y and
         # the negatives), then the JEM warm-up iterations; the peak memory after them is the JEM one.
@@ -295,11 +351,13 @@ def _measure(
             if callable(bind):  # transitions that need the model bind it per sampler call
                 bind(model, y)
             with model_mode(model, sampler.model_mode), frozen_weights(model, sampler.freeze_weights):
-                yield
+                with autocast(dev, perf):  # as train_step runs the loss, which calls the sampler
+                    yield
 
         # the whole sampler call: K transitions plus chain initialisation and diagnostics.
         def sampler_call() -> None:
-            sampler.sample(model, n, y=y, persist=False)
+            with autocast(dev, perf):
+                sampler.sample(model, n, y=y, persist=False)
             sampler.clear_diagnostics()
 
         # (d) the update: the loss's forward + backward on data plus the recorded negatives, no step.
@@ -307,7 +365,8 @@ def _measure(
 
         def update() -> None:
             model.train()
-            loss = e.loss(model, batch, stand_in).loss
+            with autocast(dev, perf):  # the forward under autocast, the backward after it, as train_step
+                loss = e.loss(model, batch, stand_in).loss
             float(loss.detach())  # train_step checks the loss value here (a device sync)
             e.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -336,6 +395,12 @@ def _measure(
         def optimizer_step() -> None:
             optimizer.step()
 
+        # (e) the reference-style plain loop: its own batches (p(x): the first, p(y|x): the second),
+        # fp32, NCHW, on its own copy of the network.
+        def reference_iteration() -> None:
+            assert plain_jem is not None
+            plain_jem.iteration(first.x, second.x, second.y)
+
         phases = {
             "jem_iteration": Phase(jem_iteration, warm=True),
             # K transitions per iteration, as in a sampler call: each timed run of the short step
@@ -346,20 +411,28 @@ def _measure(
             "plain_iteration": Phase(plain_iteration),
             "optimizer_step": Phase(optimizer_step),
         }
+        if plain_jem is not None:
+            phases["reference_iteration"] = Phase(reference_iteration)
         times = time_phases(phases, repeats=repeats, warmup=warmup, iters=iters, sync=sync)
         e.optimizer.zero_grad(set_to_none=True)
         peak_all, _ = peak_memory_mib(dev)
         load_after = _load_average()
 
-    ms = {name: times[name]["median_ms"] for name in TIMINGS}
+    ms = {name: times[name]["median_ms"] for name in TIMINGS if name in times}
     steps = int(sampler.steps)
     floor = len(calls) * steps * ms["sampler_step"] + ms["update"]
+    machine = hardware(dev)
     return {
         "recipe": str(recipe),
         "overrides": list(overrides),
         "name": str(cfg.get("name")),
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "cpu_model": cpu_name(),
+        "cpu_capability": machine["cpu_capability"],
+        "cpu_bf16_flags": machine["cpu_bf16_flags"],
+        "bf16_supported": machine["bf16_supported"],
+        "precision": precision.to_record(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "threads": torch.get_num_threads(),
@@ -380,6 +453,7 @@ def _measure(
         "floor_ms": floor,
         "ratio_jem_plain": ms["jem_iteration"] / ms["plain_iteration"],
         "ratio_jem_floor": ms["jem_iteration"] / floor,
+        **({"ratio_reference_jem": ms["reference_iteration"] / ms["jem_iteration"]} if reference else {}),
         "peak_memory_jem_mib": peak_jem,
         "peak_memory_mib": peak_all,
         "peak_memory_kind": memory_kind,
@@ -393,7 +467,7 @@ def _measure(
 
 def format_report(r: dict[str, Any]) -> str:
     """The numbers of :func:`measure` as a small text table."""
-    spread = {name: (r["timings"][name]["min_ms"], r["timings"][name]["max_ms"]) for name in TIMINGS}
+    spread = {name: (r["timings"][name]["min_ms"], r["timings"][name]["max_ms"]) for name in r["timings"]}
 
     def row(label: str, value: str, note: str = "") -> str:
         return f"  {label:<34} {value:>12}  {note}".rstrip()
@@ -404,10 +478,16 @@ def format_report(r: dict[str, Any]) -> str:
 
     calls = r["sampler_calls"]
     floor_note = f"= {calls} x K x sampler step + update" if calls != 1 else "= K x sampler step + update"
+    precision = r["precision"]
+    requested = precision.get("requested", {})
     lines = [
         f"{r['name']}  ({r['recipe']} {' '.join(r['overrides'])})".rstrip(),
         f"  device {r['device']} ({r['device_name']}), torch {r['torch']}, {r['threads']} threads, "
         f"batch {r['batch_size']} x {r['input_shape']}, {r['parameters']:,} parameters",
+        f"  CPU {r['cpu_model']}, torch CPU capability {r['cpu_capability']}, bf16 CPU flags: "
+        f"{', '.join(r['cpu_bf16_flags']) or 'none'}, bf16 autocast candidate: {r['bf16_supported']}",
+        f"  precision {precision['choice']} ({precision['source']}; recipe autocast={requested.get('autocast')}, "
+        f"channels_last={requested.get('channels_last')}); every part below is timed under it",
         f"  median of {r['repeats']} runs x {r['iters']} iterations after {r['warmup']} warm-up (ms per iteration)",
         timed("JEM iteration (ms)", "jem_iteration"),
         timed("sampler step (ms)", "sampler_step"),
@@ -419,10 +499,17 @@ def format_report(r: dict[str, Any]) -> str:
         row("ratio JEM / plain", f"{r['ratio_jem_plain']:.2f}"),
         row("floor (ms)", f"{r['floor_ms']:.2f}", floor_note),
         row("ratio JEM / floor", f"{r['ratio_jem_floor']:.3f}"),
+
         row("peak memory, JEM (MiB)", f"{r['peak_memory_jem_mib']:.0f}", f"({r['peak_memory_kind']})"),
         row("peak memory, whole run (MiB)", f"{r['peak_memory_mib']:.0f}"),
         row("host maxrss before build (MiB)", f"{r['host_rss_before_build_mib']:.0f}", "(interpreter + torch)"),
     ]
+    if "reference_iteration_ms" in r:
+        lines[-3:-3] = [
+            timed("reference-style plain JEM (ms)", "reference_iteration"),
+            row("reference-style / JEM", f"{r['ratio_reference_jem']:.2f}x",
+                "(2 batches, 3 forward passes, fp32, NCHW, weights not frozen)"),
+        ]
     return "\n".join(lines)
 
 
@@ -438,7 +525,10 @@ LEVERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("weights NOT frozen while sampling", ("sampler.freeze_weights=false",)),
     ("fused forward (data + negatives in one pass)", ("loss.fuse_forward=true",)),
     ("channels_last", ("performance.channels_last=true",)),
-    ("bf16 autocast", ("performance.autocast=bf16",)),
+    ("bf16 autocast (NCHW)", ("performance.autocast=bf16",)),
+    ("bf16 autocast + channels_last", ("performance.autocast=bf16", "performance.channels_last=true")),
+    ("auto: precision and layout timed on the first batch",
+     ("performance.autocast=auto", "performance.channels_last=auto")),
 )
 COMPILE_LEVER = ("torch.compile (backbone)", ("performance.compile=true",))
 #: Levers that only mean something on CUDA.
@@ -501,26 +591,51 @@ def measure_levers(
     with_compile: bool = False,
     only: Sequence[str] = (),
     json_path: Path | None = None,
+    rounds: int = 1,
     **kwargs: Any,
 ) -> list[dict[str, Any]]:
     """``measure`` once per lever configuration; each result gains ``lever`` and ``lever_overrides``.
 
-    With ``json_path`` the list so far is rewritten after every configuration, so a run cut short
+    With ``rounds`` > 1 the configurations are measured in turn ``rounds`` times (1, 2, ..., 1, 2,
+    ...), and each row is the round whose JEM iteration is the median of its rounds (all of them
+    in ``rounds_jem_iteration_ms``): on a shared machine a load change then reaches every row
+    instead of the few measured while it lasted. The reference-style loop does not depend on the
+    levers: it is timed (interleaved) with the first configuration of the first round only, whose
+    row alone has ``ratio_reference_jem``; compare the other rows with it through their speed-up.
+    With ``json_path`` the rows so far are rewritten after every measurement, so a run cut short
     (a time limit on a lent GPU) keeps what it measured.
     """
+    if rounds < 1:
+        raise ValueError("rounds must be at least 1")
     levers = lever_configurations(kwargs.get("device"), with_compile, only)
     # One discarded measurement first: the first build in a process pays one-time costs (lazy
     # kernel initialisation, allocator growth) that would otherwise count against the reference.
-    measure(recipe, [*overrides, *LEVERS_OFF], **{**kwargs, "repeats": 1, "iters": 1})
+    measure(recipe, [*overrides, *LEVERS_OFF], **{**kwargs, "repeats": 1, "iters": 1, "reference": False})
+    measured: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in levers}
     results: list[dict[str, Any]] = []
-    for label, extra in levers:
-        result = measure(recipe, [*overrides, *LEVERS_OFF, *extra], **kwargs)
-        result["lever"], result["lever_overrides"] = label, list(extra)
-        results.append(result)
-        print(f"measured: {label}: {result['jem_iteration_ms']:.1f} ms per JEM iteration", file=sys.stderr, flush=True)
-        if json_path is not None:
-            write_json(json_path, results)
+    for round_index in range(rounds):
+        for index, (label, extra) in enumerate(levers):
+            first = round_index == 0 and index == 0
+            result = measure(recipe, [*overrides, *LEVERS_OFF, *extra], **kwargs, reference=first)
+            result["lever"], result["lever_overrides"] = label, list(extra)
+            measured[label].append(result)
+            print(f"measured: {label}: {result['jem_iteration_ms']:.1f} ms per JEM iteration", file=sys.stderr, flush=True)
+            results = [_median_round(measured[name]) for name, _ in levers if measured[name]]
+            if json_path is not None:
+                write_json(json_path, results)
     return results
+
+
+def _median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median JEM iteration (the lower middle one for an even count), with every
+    round's JEM iteration and, from the first round, the reference-style ratio where it was timed."""
+    ordered = sorted(rounds, key=lambda r: r["jem_iteration_ms"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["rounds_jem_iteration_ms"] = [r["jem_iteration_ms"] for r in rounds]
+    if "ratio_reference_jem" in rounds[0] and "ratio_reference_jem" not in chosen:
+        chosen["reference_iteration_ms"] = rounds[0]["reference_iteration_ms"]
+        chosen["ratio_reference_jem_first_round"] = rounds[0]["ratio_reference_jem"]
+    return chosen
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -536,8 +651,10 @@ def lever_rows(
     results: list[dict[str, Any]], epochs: int | None = None, train_size: int | None = None
 ) -> list[dict[str, str]]:
     """The cells of a lever table, one ``{column: text}`` per configuration, speed-up relative to
-    the first. With ``epochs`` and ``train_size`` they add iterations per second and the projected
-    hours of a whole run (``epochs`` x ``train_size // batch_size`` iterations, training steps only)."""
+    the first, the precision it ran under, and where measured (the first) the reference-style
+    loop's time over its JEM iteration. With ``epochs`` and ``train_size`` they add iterations per
+    second and the projected hours of a whole run (``epochs`` x ``train_size // batch_size``
+    iterations, training steps only)."""
     reference = results[0]["jem_iteration_ms"]
     rows = []
     for r in results:
@@ -549,6 +666,8 @@ def lever_rows(
             "JEM/plain": f"{r['ratio_jem_plain']:.2f}",
             "JEM/floor": f"{r['ratio_jem_floor']:.3f}",
             "speed-up": f"{reference / ms:.2f}x",
+            "precision": r.get("precision", {}).get("choice", "?"),
+            "reference-style/JEM": _ratio_text(r.get("ratio_reference_jem", r.get("ratio_reference_jem_first_round"))),
             "peak MiB": f"{r['peak_memory_jem_mib']:.0f}",
         }
         if epochs is not None and train_size is not None:
@@ -556,6 +675,10 @@ def lever_rows(
             row[f"h/{epochs} ep"] = f"{projected_hours(ms, epochs, train_size, r['batch_size']):.2f}"
         rows.append(row)
     return rows
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def format_levers(
@@ -588,6 +711,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--levers", action="store_true", help="measure every speed lever on and off")
     parser.add_argument("--with-compile", action="store_true", help="with --levers: include torch.compile (slow to build)")
     parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="with --levers: measure the configurations in turn this many times; each row is its median round",
+    )
+    parser.add_argument(
         "--only", action="append", default=[], metavar="TEXT",
         help="with --levers: only configurations whose label contains TEXT (repeatable)",
     )
@@ -600,7 +727,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             results = measure_levers(
                 args.recipe, args.overrides, with_compile=args.with_compile, only=args.only, json_path=args.json,
-                repeats=args.repeats, warmup=args.warmup, iters=args.iters, device=args.device, threads=args.threads,
+                rounds=args.rounds, repeats=args.repeats, warmup=args.warmup, iters=args.iters, device=args.device,
+                threads=args.threads,
             )
         except (JemkitError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)

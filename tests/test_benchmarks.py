@@ -99,3 +99,79 @@ def test_projection_and_cuda_lever_list():
     for _, overrides in cuda:
         section = {k.split(".")[1]: v for k, v in (o.split("=") for o in overrides) if k.startswith("performance.")}
         PerformanceParams(**{k: v == "true" if v in ("true", "false") else v for k, v in section.items()})
+
+
+def test_every_part_is_timed_under_the_settled_precision_and_the_reference_loop_in_fp32():
+    """Under bf16 + channels_last every convolution and linear call runs under autocast except the
+    reference-style loop's: (K sampler steps + 3 forward passes) x 4 layers per reference iteration."""
+    step_cost = _load_step_cost()
+    seen = {True: 0, False: 0}
+
+    def record(module, inputs):
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            seen[torch.is_autocast_enabled("cpu")] += 1
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        result = step_cost.measure(
+            RECIPES / "jem_digits.yaml", [*TINY, "performance.autocast=bf16", "performance.channels_last=true"],
+            repeats=2, warmup=1, iters=1, device="cpu", threads=1,
+        )
+    finally:
+        handle.remove()
+    reference_iterations = 1 + 2 * 1  # warm-up + repeats x iters
+    assert seen[False] == reference_iterations * (result["K"] + 3) * 4
+    assert seen[True] > seen[False]
+    assert result["precision"]["choice"] == "bf16+channels_last" and result["precision"]["source"] == "recipe"
+    assert result["ratio_reference_jem"] == result["reference_iteration_ms"] / result["jem_iteration_ms"]
+    assert result["cpu_capability"] and isinstance(result["cpu_bf16_flags"], list)
+    assert "reference-style / JEM" in step_cost.format_report(result)
+
+
+def test_reference_style_loop_uses_two_batches_three_passes_and_trainable_weights():
+    step_cost = _load_step_cost()
+    from jemkit.contracts import Backbone, JointEnergyModel
+    from jemkit_plugins.models.heads import LinearHead
+
+    class Flat(Backbone):
+        def __init__(self):
+            super().__init__()
+            self.feature_dim = 4
+            self.fc = torch.nn.Linear(64, 4)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1))
+
+    torch.manual_seed(0)
+    model = JointEnergyModel(Flat(), LinearHead(4, 10))
+    calls: list[tuple[int, bool, bool]] = []  # (batch size, training, weights trainable)
+    model.register_forward_pre_hook(
+        lambda m, inputs: calls.append((inputs[0].shape[0], m.training, all(p.requires_grad for p in m.parameters())))
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    loop = step_cost.PlainJEM(
+        model, torch.optim.SGD(model.parameters(), lr=0.1), (1, 8, 8), steps=3, buffer_size=50, reinit_freq=0.0
+    )
+    buffer = loop.buffer.clone()
+    x_data, x_lab = torch.rand(6, 1, 8, 8), torch.rand(5, 1, 8, 8)
+    loss = loop.iteration(x_data, x_lab, torch.arange(5))
+    assert math.isfinite(loss)
+    # 3 SGLD steps in eval mode, then p(x) on data and samples, then p(y|x) on the other batch
+    assert calls == [(6, False, True)] * 3 + [(6, True, True), (6, True, True), (5, True, True)]
+    assert (loop.buffer != buffer).any(dim=(1, 2, 3)).sum() >= 1  # final chains written back
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_lever_rounds_take_turns_and_keep_the_median_round():
+    step_cost = _load_step_cost()
+    results = step_cost.measure_levers(
+        RECIPES / "jem_digits.yaml", TINY, only=["reference", "auto: "], rounds=3, repeats=1, warmup=0, iters=1, threads=1
+    )
+    assert [r["lever"][:9] for r in results] == ["reference", "auto: pre"]
+    for r in results:
+        rounds = r["rounds_jem_iteration_ms"]
+        assert len(rounds) == 3 and r["jem_iteration_ms"] == sorted(rounds)[1]
+    assert "reference-style/JEM" in step_cost.format_levers(results)
+    assert step_cost.lever_rows(results)[1]["reference-style/JEM"] == "-"  # timed with the first row only
+    with pytest.raises(ValueError, match="rounds"):
+        step_cost.measure_levers(RECIPES / "jem_digits.yaml", TINY, rounds=0)
