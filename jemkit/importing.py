@@ -11,9 +11,12 @@ them (so a run that cannot be opened is never written), and writes ``RUN_DIR`` a
     config.yaml                          the recipe
     checkpoints/step_000000.safetensors  model, sampler and progress (step 0), jemkit's format
     imported.json                        source file, its sha256, what the importer inferred
+    data_info.json                       input shape and classes (:mod:`jemkit.data_info`; also
+                                         the checkpoint's ``jemkit.data`` entry)
 
 ``jemkit eval``, ``jemkit sample`` and :func:`jemkit.run_open.open_run` open the result like any
-run. Its checkpoint holds no optimiser, schedule or RNG state, so ``jemkit run --resume`` refuses it.
+run, ``jemkit sample`` and :func:`jemkit.load_run` without the data set on disk. Its checkpoint holds
+no optimiser, schedule or RNG state, so ``jemkit run --resume`` refuses it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from jemkit.build import build_model, build_sampler
 from jemkit.checkpoint import checkpoint_dir, checkpoint_name, save_checkpoint
 from jemkit.config import apply_overrides, build_params, check_structure, to_yaml
 from jemkit.contracts import BuildContext
+from jemkit.data_info import INFO_FILE, DataInfo, metadata_entry
 from jemkit.errors import CheckpointError, JemkitError
 from jemkit.plugin_manager import PluginSet
 from jemkit.registry import Component
@@ -71,6 +75,8 @@ class ImportedRun:
     #: What was read from the file or assumed (architecture, ignored keys, buffer range), JSON-able;
     #: recorded in ``imported.json``.
     inferred: dict[str, Any] = field(default_factory=dict)
+    #: Name of each class, index by index, when the format or the data set tells them.
+    class_names: list[str] | None = None
 
 
 class Importer(abc.ABC):
@@ -216,6 +222,20 @@ def _write_directory(out: Path, files: Mapping[str, str], checkpoint: tuple[dict
     return checkpoint_dir(out) / checkpoint_name(IMPORTED_STEP)
 
 
+def imported_data_info(imported: ImportedRun, cfg: Any) -> DataInfo:
+    """The :class:`~jemkit.data_info.DataInfo` of an imported run: shape and classes from the file,
+    data set name and input noise from the recipe ``cfg`` (after ``--set`` overrides)."""
+    data = cfg.get("data") or {}
+    noise = data.get("noise_std")
+    return DataInfo(
+        name=None if data.get("name") is None else str(data.get("name")),
+        input_shape=tuple(int(s) for s in imported.input_shape),
+        num_classes=int(imported.num_classes),
+        class_names=None if imported.class_names is None else tuple(imported.class_names),
+        noise_std=None if noise is None else float(noise),
+    )
+
+
 def import_checkpoint(
     plugins: PluginSet,
     format_name: str,
@@ -256,14 +276,20 @@ def import_checkpoint(
         "overrides": list(overrides),
         "inferred": imported.inferred,
     }
+    data_info = imported_data_info(imported, cfg)
     metadata = {
         "jemkit.recipe": to_yaml(cfg),
         "jemkit.versions": json.dumps({"jemkit": __version__, "torch": torch.__version__}),
         "jemkit.plugins": json.dumps(plugins.origins),
         "jemkit.imported": json.dumps(record),
+        **metadata_entry(data_info),
     }
     state = _load_into_run(plugins, imported, cfg, source)
-    files = {"config.yaml": to_yaml(cfg), RECORD_NAME: json.dumps(record, indent=2) + "\n"}
+    files = {
+        "config.yaml": to_yaml(cfg),
+        RECORD_NAME: json.dumps(record, indent=2) + "\n",
+        INFO_FILE: json.dumps(data_info.to_json(), indent=2) + "\n",
+    }
     checkpoint = _write_directory(out, files, (state, metadata))
     return ImportResult(run_dir=out, checkpoint=checkpoint, record=record)
 
@@ -281,5 +307,6 @@ __all__ = [
     "file_sha256",
     "find_importer",
     "import_checkpoint",
+    "imported_data_info",
     "registry_name",
 ]

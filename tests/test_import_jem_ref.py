@@ -340,12 +340,6 @@ def _fake_test_split(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(rows / 127.5 - 1.0), torch.tensor(batch["labels"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="opening a run builds its data set today (jemkit.run_open.open_run calls build_data without a "
-    "context), so `jemkit sample` needs CIFAR-10 on disk; issue 16 item 1 records input shape and classes in "
-    "the run so that it does not",
-)
 def test_sample_needs_no_data_set_on_disk(tmp_path):
     ckpt = save_reference(tmp_path / "ckpt.pt", reference_model(10, 1, "none"))
     empty = tmp_path / "no_data"

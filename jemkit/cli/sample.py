@@ -1,10 +1,12 @@
 """``jemkit sample RUN_DIR --out FILE.png``: draw samples from a trained run's checkpoint.
 
-The model and sampler are rebuilt from ``RUN_DIR/config.yaml`` (the data set is built too: it
-gives the input shape and classes, and fitted initialisers read their cache from the run
-directory), the weights and sampler state are loaded from a checkpoint (``--checkpoint``:
-``last``, the newest step checkpoint in ``RUN_DIR/checkpoints``, by default; ``best``, a step
-number or a path), and the chains run with the recipe's transition. A plugin implementing
+The model and sampler are rebuilt from ``RUN_DIR/config.yaml`` and the input shape and classes
+the run recorded (``RUN_DIR/data_info.json``, :mod:`jemkit.data_info`), so no data set is needed
+on disk; a run that recorded none, a sampler fitted on the training data (JEM++'s informative
+initialiser) and drawings of non-image inputs build the data set as before (plugins drawing image
+runs get ``data=None``). The weights and sampler state are loaded from a checkpoint
+(``--checkpoint``: ``last``, the newest step checkpoint in ``RUN_DIR/checkpoints``, by default;
+``best``, a step number or a path), and the chains run with the recipe's transition. A plugin implementing
 ``jemkit_draw_samples`` draws the PNG (the built-in ``toy_plot`` draws 2-D runs' samples over the
 learned density); image runs no plugin draws give a PNG grid.
 """
@@ -98,18 +100,21 @@ def sample_command(args: argparse.Namespace, console: Console, errors: Console) 
     from jemkit.performance import autocast
     from jemkit.plugin_manager import load_plugins
     from jemkit.rng import seed_everything
-    from jemkit.run_open import open_run
+    from jemkit.run_open import load_data, open_run
     from jemkit.samples import save_sample_grid
 
     plugins = load_plugins()
     report_plugin_failures(plugins, errors)
     device = resolve_device(args.device) if args.device else None
-    run = open_run(plugins, args.run_dir, checkpoint_path, device, restore_sampler=args.source == "buffer")
-    cfg, context, data, model, sampler, device = run.cfg, run.context, run.data, run.model, run.sampler, run.context.device
-    if args.class_index is not None and not 0 <= args.class_index < data.num_classes:
+    run = open_run(
+        plugins, args.run_dir, checkpoint_path, device, restore_sampler=args.source == "buffer", with_data=False
+    )
+    cfg, context, model, sampler, device = run.cfg, run.context, run.model, run.sampler, run.context.device
+    num_classes = context.num_classes
+    if args.class_index is not None and not 0 <= args.class_index < num_classes:
         raise RecipeError(
-            f"--class {args.class_index} is not a class of this run: its data set has {data.num_classes} "
-            f"classes, indices 0 to {data.num_classes - 1}."
+            f"--class {args.class_index} is not a class of this run: its data set has {num_classes} "
+            f"classes, indices 0 to {num_classes - 1}."
         )
     if args.source == "noise":
         sampler.init = build_by_name(plugins, "chain_init", defaults.FRESH_CHAIN_INIT, context, source="--from noise")
@@ -122,6 +127,8 @@ def sample_command(args: argparse.Namespace, console: Console, errors: Console) 
         x = sampler.sample(model, args.n, y=y, steps=args.steps, device=device, persist=False)
     shape = tuple(context.input_shape)
     title = str(cfg.get("name", ""))
+    # Image grids need no data; drawings of other inputs (toy_plot's density) show training points.
+    data = run.data if run.data is not None or len(shape) == 3 else load_data(plugins, run)
     drawn = plugins.hook.jemkit_draw_samples(
         path=args.out, model=model, samples=x, data=data, context=context, title=title
     )
