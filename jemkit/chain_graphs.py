@@ -46,6 +46,10 @@ class ChainLoopOutput:
     grad_norm: Tensor | None = None
     #: Mean Metropolis acceptance rate; ``None`` for unadjusted transitions.
     accept_rate: Tensor | None = None
+    #: First step whose output was not finite (chains, energies or gradient norms) as a 0-dim
+    #: integer tensor: ``k`` in ``1..K``, ``0`` when the chains were not finite before the first
+    #: step, ``-1`` when all were finite. Computed once after the loop; ``None`` when K = 0.
+    nonfinite_step: Tensor | None = None
 
     def tensors(self) -> list[Tensor | None]:
         """The fields in declaration order."""

@@ -19,6 +19,12 @@ Factories registered for each kind are called by :mod:`jemkit.build` as::
     schedule    factory(params, context, optimizer) -> LRScheduler, stepped once per iteration
     ood         factory(params, context) -> Dataset of (x, y) out-of-distribution inputs
     feature_extractor  factory(params, context) -> FeatureExtractor (features and logits, for FID/IS)
+
+This module is the public surface a plugin builds on (with :mod:`jemkit.hookspecs` and
+:mod:`jemkit.errors`): every name in :data:`__all__` stays stable. Besides the component base
+classes it holds what a loss receives (:class:`Sampler`), the metric keys the loop understands
+(:data:`METRIC_LOSS`, :data:`METRIC_ENERGY_DATA`, ...) and what lifecycle hooks receive
+(:class:`RunView`).
 """
 
 from __future__ import annotations
@@ -27,11 +33,14 @@ import abc
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 #: ``x -> E(x)``: per-sample energies ``[N]`` of a batch ``x``; lower is more likely.
 EnergyFn = Callable[[Tensor], Tensor]
@@ -261,22 +270,74 @@ class Batch:
         return self.x if self.x_px is None else self.x_px
 
 
+# Metric keys. A loss reports its metrics under keys without prefix; the loop logs a key ``k`` as
+# ``train/k`` (averaged over the steps between two log records and over data-parallel ranks) and a
+# key that contains ``/`` as given (``sampler/grad_norm``).
+
+#: Prefix the loop puts in front of a loss metric key without ``/`` in ``metrics.jsonl``.
+TRAIN_PREFIX = "train/"
+#: The value of the loss being minimised (logged as ``train/loss``; the progress bar shows it).
+METRIC_LOSS = "loss"
+#: Classification accuracy of the batch in ``[0, 1]`` (``train/acc``).
+METRIC_ACC = "acc"
+#: Mean energy ``E(x)`` of the batch's data inputs (energy units; lower is more likely).
+METRIC_ENERGY_DATA = "energy_data"
+#: Mean energy ``E(x)`` of the sampler's negatives. With :data:`METRIC_ENERGY_DATA` it gives the
+#: logged ``train/energy_gap = energy_samples - energy_data`` and drives the divergence guard's
+#: ``max_energy_gap``: a loss with a ``p(x)`` term should report both.
+METRIC_ENERGY_SAMPLES = "energy_samples"
+#: :attr:`LossOutput.histograms` key of the per-input energies ``[N]`` of the data inputs.
+HISTOGRAM_ENERGY_DATA = "energy/data"
+#: :attr:`LossOutput.histograms` key of the per-input energies ``[N]`` of the sampler's negatives.
+HISTOGRAM_ENERGY_SAMPLES = "energy/samples"
+
+
 @dataclass
 class LossOutput:
-    """A scalar loss to minimise and the metrics to log (plain floats, keys without prefix)."""
+    """A scalar loss to minimise, the metrics to log, and optional per-input values for histograms.
+
+    ``metrics`` values are plain floats or 0-dim tensors (detached; a tensor stays on its device
+    and is read only when a log record is written, so a loss never has to wait for the device).
+    Keys have no prefix (see :data:`TRAIN_PREFIX`); ``loss`` and ``acc`` are expected, and a loss
+    with a ``p(x)`` term reports :data:`METRIC_ENERGY_DATA` and :data:`METRIC_ENERGY_SAMPLES`.
+
+    ``histograms`` maps a name to detached 1-D tensors of per-input values of this batch, e.g.
+    :data:`HISTOGRAM_ENERGY_DATA` and :data:`HISTOGRAM_ENERGY_SAMPLES`; at every log step the loop
+    hands the last batch's to the ``jemkit_log_histogram`` hook (copied to the CPU only when some
+    plugin implements it).
+    """
 
     loss: Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | Tensor] = field(default_factory=dict)
+    histograms: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """What a loss receives as ``sampler``: draws approximate samples of ``p(x) ∝ exp(-E(x))``.
+
+    ``sample(model, n)`` runs ``n`` chains (start from the recipe's chain initialiser, then K
+    transitions on ``model.energy``) and returns the detached final states ``[n, *input_shape]``;
+    with labels ``y`` ``[n]`` the chains target ``p(x|y)`` through ``E(x, y)``. ``steps`` overrides
+    K for this call and ``persist=False`` leaves a replay buffer untouched. The model is put in the
+    recipe's ``sampler.model_mode`` and its weights frozen during the call, then restored. When an
+    optimiser re-evaluates the loss (SAM), the same call returns the same negatives again.
+    """
+
+    def sample(
+        self, model: JointEnergyModel, n: int, y: Tensor | None = None, *, steps: int | None = None, persist: bool = True
+    ) -> Tensor: ...
 
 
 class Loss(abc.ABC):
-    """Training objective; receives the model, a batch and (possibly) the sampler."""
+    """Training objective; receives the model, a batch and (when it needs one) the sampler."""
 
-    #: Whether this loss draws negatives from the sampler.
+    #: Whether this loss draws negatives from the sampler (its diagnostics are then logged).
     needs_sampler: bool = False
 
     @abc.abstractmethod
-    def __call__(self, model: JointEnergyModel, batch: Batch, sampler: Any) -> LossOutput: ...
+    def __call__(self, model: JointEnergyModel, batch: Batch, sampler: Sampler) -> LossOutput:
+        """The loss of ``batch`` under ``model``; negatives, if any, from ``sampler.sample``."""
 
 
 # --------------------------------------------------------------------------- data
@@ -303,3 +364,101 @@ class DataSplits:
 def parameters_requiring_grad(module: nn.Module) -> Iterable[nn.Parameter]:
     """The parameters of ``module`` that an optimiser should update."""
     return (p for p in module.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+@runtime_checkable
+class RunView(Protocol):
+    """What lifecycle and logger hooks receive as ``run``: a stable, read-mostly view of a training run.
+
+    Each plugin gets its own view (``plugin`` is its name; :meth:`write_file` writes under
+    ``run_dir/plugins/<plugin>/``). The objects it hands out are the run's own: a plugin may read
+    the model's weights or change the optimiser's learning rate, and must not replace them.
+    """
+
+    #: Name of the plugin this view was made for.
+    plugin: str
+
+    @property
+    def step(self) -> int:
+        """Optimiser steps taken so far (0 before the first)."""
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed so far."""
+
+    @property
+    def run_dir(self) -> Path:
+        """The run directory (``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ...)."""
+
+    @property
+    def config(self) -> DictConfig:
+        """The run's resolved recipe, read-only (a plugin's own top-level section included)."""
+
+    @property
+    def model(self) -> JointEnergyModel:
+        """The model being trained (never a data-parallel wrapper)."""
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The run's optimiser."""
+
+    @property
+    def sampler(self) -> Sampler:
+        """The run's sampler (``sampler.steps`` is the recipe's K)."""
+
+    @property
+    def data(self) -> DataSplits:
+        """The run's data set."""
+
+    @property
+    def context(self) -> BuildContext:
+        """The build context: device, input shape, number of classes, steps per epoch, seed, ..."""
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model trains on."""
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process is rank 0 (the one that writes files); always true without torchrun."""
+
+    def log(self, metrics: Mapping[str, float | Tensor]) -> None:
+        """Add ``metrics`` (floats or 0-dim tensors, keys logged as given, e.g. ``ema/decay``) to the
+        next record of ``metrics.jsonl``; a key logged twice before it is written keeps the latest value."""
+
+    def write_file(self, name: str, data: bytes | str) -> Path:
+        """Write ``data`` atomically to ``run_dir/plugins/<plugin>/<name>`` (rank 0 only; other ranks
+        write nothing) and return that path. ``name`` is a relative path without ``..``."""
+
+
+__all__ = [
+    "HISTOGRAM_ENERGY_DATA",
+    "HISTOGRAM_ENERGY_SAMPLES",
+    "METRIC_ACC",
+    "METRIC_ENERGY_DATA",
+    "METRIC_ENERGY_SAMPLES",
+    "METRIC_LOSS",
+    "TRAIN_PREFIX",
+    "Backbone",
+    "Batch",
+    "BuildContext",
+    "ChainInit",
+    "ChainStart",
+    "DataSplits",
+    "EnergyFn",
+    "EnergyHead",
+    "FeatureExtractor",
+    "JointEnergyModel",
+    "Loss",
+    "LossOutput",
+    "RunView",
+    "Sampler",
+    "StepResult",
+    "Transition",
+    "energy_and_grad",
+    "energy_grad_in_graph",
+    "parameters_requiring_grad",
+]

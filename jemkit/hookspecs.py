@@ -1,13 +1,21 @@
 """Hook specifications: every hook a jemkit plugin may implement.
 
 Registration hooks receive the :class:`~jemkit.registry.Registry` of one kind and call
-``registry.register(name, factory, params=ParamsDataclass)``. Lifecycle hooks receive the
-running :class:`~jemkit.train.Trainer` and let loggers, EMA or FID tracking plug in without
-touching the loop. Only specifications live here; implementations are in plugins.
+``registry.register(name, factory, params=ParamsDataclass)``. Lifecycle, logger and state hooks
+receive a :class:`~jemkit.contracts.RunView` (never the trainer itself) and let loggers, EMA or
+FID tracking plug in without touching the loop. Only specifications live here; implementations
+are in plugins.
+
+The trainer calls lifecycle, logger and state hooks plugin by plugin (pluggy's order), each with
+the plugin's own ``RunView``; wrappers (``hookwrapper``/``wrapper``) are not called for them. An
+exception a hook raises stops the run with one paragraph naming the plugin, its package and the
+hook (:mod:`jemkit.culprit`). On data-parallel runs every rank calls every hook; the logger hooks
+are called on rank 0 only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -16,11 +24,11 @@ if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
+    from omegaconf import DictConfig
     from torch import Tensor
 
-    from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel
+    from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel, RunView
     from jemkit.registry import Registry
-    from jemkit.train import Trainer
 
 PROJECT_NAME = "jemkit"
 
@@ -96,22 +104,91 @@ def jemkit_register_importers(registry: Registry) -> None:
 
 
 @hookspec
-def jemkit_run_start(run: Trainer) -> None:
-    """Called once the run is built, before the first iteration (also after a resume)."""
+def jemkit_run_start(run: RunView) -> None:
+    """Called once the run is built, before the first iteration (also after a resume, then after
+    :func:`jemkit_load_state`)."""
 
 
 @hookspec
-def jemkit_step_end(run: Trainer, step: int, metrics: dict[str, Any]) -> None:
-    """Called after every optimiser step with that step's metrics (``train/loss``, ...).
+def jemkit_step_end(run: RunView, step: int, metrics: Mapping[str, float]) -> None:
+    """Called after every optimiser step with that step's metrics under their logged names
+    (``train/loss``, ``train/acc``, ``sampler/grad_norm``, ...).
 
-    ``step`` counts optimiser steps from 1. A plugin may add entries to ``metrics``; they are
-    logged with the rest when the step is a logging step.
+    ``step`` counts optimiser steps from 1 (``run.step == step``). ``metrics`` is read-only and each
+    value becomes a float when read (reading waits for the device, so read only what you need).
+    To log values of your own, call ``run.log({...})``: they join the next ``metrics.jsonl`` record.
     """
 
 
 @hookspec
-def jemkit_run_end(run: Trainer, summary: dict[str, Any]) -> None:
-    """Called once after training with the final summary (``test/acc``, ``steps``, ...)."""
+def jemkit_run_end(run: RunView, summary: Mapping[str, Any]) -> None:
+    """Called once after training with the final summary (``test/acc``, ``steps``, ...), after
+    ``summary.json`` is written."""
+
+
+# --------------------------------------------------------------------------- loggers
+
+
+@hookspec
+def jemkit_log_record(run: RunView, record: Mapping[str, Any]) -> None:
+    """Called with every record as written to ``metrics.jsonl`` (the same keys, numbers as JSON
+    numbers, non-finite ones as the strings ``"nan"``/``"inf"``), rank 0 only.
+
+    Step records carry ``step`` and ``epoch`` with ``train/...``, ``sampler/...``, ``lr``,
+    ``time/it_per_s`` or evaluation keys (``test/acc``, ``test/loss``); events carry ``event``
+    (``rollback``, ...) and the ``step`` they happened at. After a rollback the steps after the
+    restored checkpoint are trained (and recorded) again.
+    """
+
+
+@hookspec
+def jemkit_log_histogram(run: RunView, step: int, name: str, values: Tensor) -> None:
+    """Called at every log step (rank 0) with 1-D float CPU tensors of per-input values of the
+    step's last batch: at least ``energy/data`` and ``energy/samples`` (per-input energies ``E(x)``,
+    lower is more likely) for a loss with a ``p(x)`` term (:attr:`LossOutput.histograms`)."""
+
+
+@hookspec
+def jemkit_log_image(run: RunView, step: int, name: str, path: Path) -> None:
+    """Called (rank 0) for each sample grid PNG the run writes; ``name`` is its path in the run
+    directory without suffix, e.g. ``samples/epoch_0002`` or ``samples/final``."""
+
+
+# --------------------------------------------------------------------------- plugin state
+
+
+@hookspec
+def jemkit_save_state(run: RunView) -> Mapping[str, Any] | None:
+    """Return the state this plugin keeps, to be stored in every checkpoint under its name (or
+    ``None`` to store nothing).
+
+    Called plugin by plugin on every rank whenever a checkpoint is written (rank 0's is kept).
+    The state may nest dicts (string or integer keys), lists and tuples of tensors, numpy arrays,
+    ``None``, booleans, numbers and strings; tensors are copied to the CPU when written.
+    """
+
+
+@hookspec
+def jemkit_load_state(run: RunView, state: Mapping[str, Any]) -> None:
+    """Restore what :func:`jemkit_save_state` returned (``{}`` when the checkpoint holds nothing for
+    this plugin, e.g. a run started without it).
+
+    Called on resume and on every rollback of the divergence guard, after the model, optimiser,
+    schedule and sampler are restored and ``run.step`` is the checkpoint's step; tensors are on
+    ``run.device``. A resumed run whose plugins save and load all they keep continues bit for
+    bit (on the CPU) where it stopped.
+    """
+
+
+@hookspec(firstresult=True)
+def jemkit_inference_weights(config: DictConfig, state: Mapping[str, Any]) -> Mapping[str, Tensor] | None:
+    """Weights that ``jemkit eval``, ``jemkit sample`` and the Python API load instead of the trained ones.
+
+    Called plugin by plugin when a run is opened at a checkpoint, with the run's resolved recipe
+    and the state this plugin saved in that checkpoint (``{}`` when none). Return a complete model
+    state dict (e.g. an exponential moving average of the weights, when the recipe asks for it)
+    or ``None`` to leave the trained weights; the first plugin that returns weights wins.
+    """
 
 
 # --------------------------------------------------------------------------- command line
@@ -138,13 +215,14 @@ def jemkit_draw_samples(
     path: Path,
     model: JointEnergyModel,
     samples: Tensor,
-    data: DataSplits,
+    data: DataSplits | None,
     context: BuildContext,
     title: str,
 ) -> Path | None:
     """Draw ``samples`` ``[N, *context.input_shape]`` of ``model`` as a PNG at ``path`` (``jemkit sample``).
 
-    ``data`` holds the run's splits (a picture may show training inputs beside the samples) and
+    ``data`` holds the run's splits (a picture may show training inputs beside the samples; ``None``
+    for image inputs ``(C, H, W)``, which ``jemkit sample`` draws without building the data set) and
     ``title`` is the run's name. Return ``path`` once written, or ``None`` to leave inputs of this
     shape to another plugin; the first plugin that draws wins. Image inputs ``(C, H, W)`` that no
     plugin draws become a sample grid; the built-in ``toy_plot`` draws 2-D inputs over the density.

@@ -38,11 +38,13 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "jemkit_plugins.samplers.jempp",
     "jemkit_plugins.samplers.informative",
     "jemkit_plugins.training.sam",
+    "jemkit_plugins.training.ema",
     "jemkit_plugins.data.data_toy",
     "jemkit_plugins.evaluation.toy_plot",
     "jemkit_plugins.evaluation.ood_sets",
     "jemkit_plugins.evaluation.feature_extractors",
     "jemkit_plugins.importers.jem_ref",
+    "jemkit_plugins.loggers.tensorboard",
 )
 
 
@@ -246,6 +248,21 @@ def register_commands(plugins: PluginSet, subparsers: Any) -> dict[str, list[str
     return added
 
 
+#: Hooks through which a plugin receives what a run logs. A plugin implementing any of them is a
+#: *logger*, named by its plugin name, that a recipe switches on with ``loggers: [NAME]``.
+LOGGER_HOOKS: tuple[str, ...] = ("jemkit_log_record", "jemkit_log_histogram", "jemkit_log_image")
+
+
+def logger_names(plugins: PluginSet) -> list[str]:
+    """Names of the loaded plugins that implement a logger hook (:data:`LOGGER_HOOKS`), sorted."""
+    names: set[str] = set()
+    for hook_name in LOGGER_HOOKS:
+        caller = getattr(plugins.hook, hook_name, None)
+        if caller is not None:
+            names.update(impl.plugin_name for impl in caller.get_hookimpls())
+    return sorted(names)
+
+
 def require_no_failures(plugins: PluginSet) -> None:
     """Raise a :class:`PluginError` listing every failed plugin (for strict callers)."""
     if plugins.failures:
@@ -255,9 +272,11 @@ def require_no_failures(plugins: PluginSet) -> None:
 __all__ = [
     "BUILTIN_PLUGINS",
     "ENTRY_POINT_GROUP",
+    "LOGGER_HOOKS",
     "PluginFailure",
     "PluginSet",
     "load_plugins",
+    "logger_names",
     "register_commands",
     "require_no_failures",
 ]

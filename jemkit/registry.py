@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,9 +52,20 @@ def first_line(text: str | None) -> str:
     return ""
 
 
+class UnknownComponentError(RegistryError):
+    """A component name no installed plugin registered (``name``, ``kind``, ``where``, ``known``)."""
+
+    def __init__(self, message: str, name: object, kind: str | None, where: str | None, known: list[str]) -> None:
+        super().__init__(message)
+        self.name = name
+        self.kind = kind
+        self.where = where
+        self.known = known
+
+
 def unknown_name_error(
     name: object, known: Iterable[str], kind: str | None = None, where: str | None = None
-) -> RegistryError:
+) -> UnknownComponentError:
     """The error for an unknown component ``name``: a did-you-mean, the known names, and a
     pointer to ``jemkit list-plugins``. ``kind`` narrows the wording (``None``: any kind);
     ``where`` (e.g. ``"recipes/x.yaml, key sampler.transition.name"``) leads the message."""
@@ -63,10 +74,53 @@ def unknown_name_error(
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     label = f"{kind} " if kind else ""
     lead = f"{where}: " if where else ""
-    return RegistryError(
+    return UnknownComponentError(
         f"{lead}Unknown {label or 'component '}{name!r}.{hint} Known {label}components: "
         f"{', '.join(choices) or 'none'}. Run `jemkit list-plugins` to see every installed "
-        "component, or install the plugin that provides it."
+        "component, or install the plugin that provides it.",
+        name, kind, where, choices,
+    )
+
+
+#: Plugin origins that name no installable package (see :class:`jemkit.plugin_manager.PluginSet`).
+_NOT_A_PACKAGE = ("built-in", "in-process", "entry point", "?")
+
+
+def missing_plugin_packages(recorded: Mapping[str, str], installed: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """``(plugin, package, version)`` for each plugin a run recorded (plugin name -> origin
+    ``"package version"``, the ``jemkit.plugins`` checkpoint metadata) that is not installed now,
+    or is installed from another package or version (``installed``: the same mapping today)."""
+    missing = []
+    for plugin, origin in recorded.items():
+        if origin in _NOT_A_PACKAGE or installed.get(plugin) == origin:
+            continue
+        package, _, version = origin.partition(" ")
+        missing.append((plugin, package, version))
+    return missing
+
+
+def with_install_hint(
+    error: UnknownComponentError, recorded: Mapping[str, str], installed: Mapping[str, str]
+) -> RegistryError:
+    """``error`` reworded for a run whose metadata ``recorded`` plugin packages that ``installed``
+    lacks: it names the packages and versions to install (``error`` itself when none is missing)."""
+    missing = missing_plugin_packages(recorded, installed)
+    if not missing:
+        return error
+    label = f"{error.kind} " if error.kind else ""
+    lead = f"{error.where}: " if error.where else ""
+    listed = ", ".join(
+        f"plugin {plugin!r} from {package} {version}"
+        + (f" (installed now: {installed[plugin]})" if plugin in installed else "")
+        for plugin, package, version in missing
+    )
+    pins = " ".join(f"'{package}=={version}'" if version else f"'{package}'" for _, package, version in missing)
+    return UnknownComponentError(
+        f"{lead}Unknown {label or 'component '}{error.name!r}: the run was made with {listed}, which "
+        f"{'is' if len(missing) == 1 else 'are'} not installed as recorded. Install "
+        f"{'it' if len(missing) == 1 else 'them'} with `pip install {pins}` and run the command again "
+        f"(installed {label}components: {', '.join(error.known) or 'none'}).",
+        error.name, error.kind, error.where, error.known,
     )
 
 

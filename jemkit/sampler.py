@@ -83,6 +83,7 @@ def chain_loop(
         if steps:
             out.first_energy, out.last_energy = energies[0], energies[-1]
             out.grad_norm = torch.stack(grad_norms).mean()
+            out.nonfinite_step = first_nonfinite_step(energies, grad_norms, chains)
             if track_final_energy:
                 with torch.no_grad():
                     out.last_energy = energy_fn(chains).mean()
@@ -91,6 +92,20 @@ def chain_loop(
         return out
 
     return body
+
+
+def first_nonfinite_step(energies: list[Tensor], grad_norms: list[Tensor], final: Tensor) -> Tensor:
+    """The first of K steps whose output was not finite, as a 0-dim integer tensor (no device sync).
+
+    ``energies[k]`` and ``grad_norms[k]`` are the (mean) energy and gradient norm at the input of
+    step ``k + 1``, so they reveal the output of step ``k``; ``final`` is the last step's output.
+    ``0``: the input of the first step was already not finite; ``k``: step ``k``'s output was not;
+    ``-1``: everything was finite.
+    """
+    inputs = torch.stack([e.detach().float().isfinite() & g.detach().float().isfinite() for e, g in zip(energies, grad_norms)])
+    ok = torch.cat([inputs, final.detach().isfinite().all().reshape(1)])
+    first_bad = torch.argmin(ok.to(torch.int8))  # the first False (argmin returns the first minimum)
+    return torch.where(ok.all(), torch.full_like(first_bad, -1), first_bad)
 
 
 def run_chains(
@@ -150,6 +165,11 @@ class Sampler:
         #: Diagnostics of the latest call as 0-dim tensors on the chains' device, logged under
         #: ``sampler/``. Kept as tensors so that sampling never waits for the device.
         self.last_diagnostic_tensors: dict[str, Tensor] = {}
+        #: First non-finite step of the latest call (see :func:`first_nonfinite_step`; ``None``
+        #: before any call with K > 0), read by :func:`jemkit.culprit.describe_nonfinite_chains`.
+        self.last_nonfinite_step: Tensor | None = None
+        #: K of the latest call.
+        self.last_steps: int = steps
 
     @property
     def last_diagnostics(self) -> dict[str, float]:
@@ -179,8 +199,9 @@ class Sampler:
         if y is not None:
             y = y.to(device)
         start = self.init.start(n, y, device)
+        self.last_steps = self.steps if steps is None else steps
         out = run_chains(
-            model, self.transition, start.x, y, self.steps if steps is None else steps,
+            model, self.transition, start.x, y, self.last_steps,
             mode=self.model_mode, freeze_weights=self.freeze_weights, track_final_energy=self.track_final_energy,
             graph_cache=self.graph_cache if self.cuda_graphs else None,
         )
@@ -195,6 +216,7 @@ class Sampler:
         if out.accept_rate is not None:
             diagnostics["accept_rate"] = out.accept_rate.detach()
         self.last_diagnostic_tensors = diagnostics
+        self.last_nonfinite_step = out.nonfinite_step
         return out.x.detach()
 
     def state_dict(self) -> dict[str, Tensor]:

@@ -676,8 +676,9 @@ def check_loss(
 ) -> None:
     """Check the ``loss`` contract on a tiny model and an 8-item batch: a 0-dim finite loss whose
     gradient reaches every weight; ``metrics`` with ``loss`` and ``acc``, string keys and values
-    that are numbers or 0-dim tensors, all finite; same seed, same loss. ``model`` builds the
-    model (default :func:`tiny_model` for the context's input shape and classes)."""
+    that are numbers or 0-dim tensors, all finite; ``histograms`` (if any) detached, finite 1-D
+    tensors; same seed, same loss. ``model`` builds the model (default :func:`tiny_model` for the
+    context's input shape and classes)."""
     subject = _Subject("loss", component, params)
     ctx = context or tiny_context()
     shape = tuple(ctx.input_shape or (1, 8, 8))
@@ -716,6 +717,16 @@ def check_loss(
                 + (f" of shape {tuple(value.shape)}" if isinstance(value, Tensor) else ""),
             )
             subject.require(math.isfinite(float(value)), f"metric {key!r} is not finite ({float(value)})")
+        histograms = getattr(output, "histograms", None) or {}
+        subject.require(isinstance(histograms, Mapping), f"histograms must be a dict, got {type(histograms).__name__}")
+        for key, values in histograms.items():
+            subject.require(isinstance(key, str) and key, f"histogram names are non-empty strings, got {key!r}")
+            subject.require(
+                isinstance(values, Tensor) and values.dim() == 1 and not values.requires_grad,
+                f"histogram {key!r} must be a detached 1-D tensor of per-input values, got "
+                + (f"shape {tuple(values.shape)}, requires_grad={values.requires_grad}" if isinstance(values, Tensor) else type(values).__name__),
+            )
+            subject.require(_finite(values), f"histogram {key!r} has non-finite values")
         output.loss.backward()
         missing = [name for name, p in net.named_parameters() if p.grad is None]
         subject.require(not missing, f"the loss's gradient does not reach {missing[:5]}")

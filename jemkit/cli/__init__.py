@@ -3,7 +3,9 @@
 Each module named in :data:`COMMAND_MODULES` has ``add_parser(subparsers)``, which registers its
 parser with ``set_defaults(handler=...)``; a handler is ``(args, console, errors) -> int``. A new
 subcommand is one module plus one line here. Every error a user can cause ends in one clear
-paragraph on stderr and a non-zero exit code, never a traceback.
+paragraph on stderr and a non-zero exit code, never a traceback. An exception inside a plugin's
+code is a paragraph naming the plugin followed by the plugin's own frames; the global ``--debug``
+flag (anywhere on the command line, or ``JEMKIT_DEBUG=1``) prints whole tracebacks instead.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,6 +49,10 @@ def builtin_parser() -> tuple[argparse.ArgumentParser, Any]:
         prog="jemkit", description="Train and evaluate Joint Energy-based Models from YAML recipes."
     )
     parser.add_argument("--version", action="version", version=f"jemkit {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="print whole tracebacks: of an error inside a plugin's code, and of every other error (also JEMKIT_DEBUG=1)",
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for module_name in COMMAND_MODULES:
@@ -91,6 +99,8 @@ class _WarningPrinter(logging.Handler):
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jemkit`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get("JEMKIT_DEBUG", "") not in ("", "0")
+    argv = [item for item in argv if item != DEBUG_FLAG]  # global: accepted after the command too
     parser = _parser(argv)
     args, extra = parser.parse_known_args(argv)
     # Overrides may follow options (`run RECIPE --out DIR key=value`); argparse leaves those over.
@@ -109,13 +119,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         errors.print("[yellow]interrupted[/yellow]")
         return EXIT_INTERRUPTED
     except Interrupted as exc:
-        errors.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False)
+        errors.print(f"[yellow]{escape(str(exc))}[/yellow]", highlight=False, soft_wrap=True)  # commands unbroken
         return EXIT_INTERRUPTED
     except JemkitError as exc:
         errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        print_traceback(exc, errors, debug)
         return EXIT_USER_ERROR
     finally:
         log.removeHandler(printer)
+
+
+#: The global flag that prints whole tracebacks.
+DEBUG_FLAG = "--debug"
+
+
+def print_traceback(exc: JemkitError, errors: Console, debug: bool) -> None:
+    """After an error's paragraph: the plugin's frames of an error inside plugin code (the whole
+    traceback with ``debug``), and with ``debug`` the traceback of any other error too."""
+    text = getattr(exc, "traceback_text", None)
+    if callable(text):
+        errors.print(escape(text(full=debug)), highlight=False, soft_wrap=True, style="dim")
+    elif debug:
+        errors.print(escape("".join(traceback.format_exception(exc)).rstrip()), highlight=False, soft_wrap=True)
 
 
 def report_plugin_failures(plugins: PluginSet, errors: Console) -> None:

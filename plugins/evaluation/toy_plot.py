@@ -1,7 +1,7 @@
 """End-of-run picture for 2-D models: the learned density ``exp(-E(x))`` with the data and model samples.
 
-A lifecycle-hook plugin: at ``jemkit_run_end`` it acts only when the input shape is ``(2,)``
-and writes ``run_dir/samples/density.png`` (left: density and training data; right: density
+A lifecycle-hook plugin on the public :class:`~jemkit.contracts.RunView`: at ``jemkit_run_end``
+it acts only when the input shape is ``(2,)`` and writes ``run_dir/samples/density.png`` (left: density and training data; right: density
 and samples from the run's sampler). The density is ``exp(-(E - min E))`` over the grid, so the
 most likely grid point has value 1. The trainer's own sample grid handles only images.
 Through ``jemkit_draw_samples`` it also draws the samples of ``jemkit sample`` for 2-D runs.
@@ -9,15 +9,17 @@ Through ``jemkit_draw_samples`` it also draws the samples of ``jemkit sample`` f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from jemkit import hookimpl
+from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel, RunView
 from jemkit.rng import rng_state, set_rng_state
-from jemkit.contracts import BuildContext, DataSplits, JointEnergyModel
 
 #: File name of the picture inside ``run_dir/samples``.
 DENSITY_FILE = "density.png"
@@ -91,18 +93,17 @@ def training_inputs(dataset: Any, limit: int) -> Tensor:
 
 
 @hookimpl
-def jemkit_run_end(run: Any, summary: dict[str, Any]) -> None:
+def jemkit_run_end(run: RunView, summary: Mapping[str, Any]) -> None:
     """For 2-D inputs, write ``samples/density.png``; other runs are left alone."""
-    context = run.experiment.context
-    if tuple(context.input_shape or ()) != (2,):
+    if tuple(run.context.input_shape or ()) != (2,) or not run.is_main:
         return
     state = rng_state()  # the picture must not perturb the RNG streams
     try:
-        steps = run.sampler.steps + run.params.sample_extra_steps
+        extra = OmegaConf.select(run.config, "train.sample_extra_steps", default=0) or 0
+        steps = getattr(run.sampler, "steps", 0) + int(extra)
         samples = run.sampler.sample(run.model, PLOT_SAMPLES, steps=steps, persist=False)
-        run.sampler.clear_diagnostics()
-        data = training_inputs(run.experiment.data.train, PLOT_DATA)
-        name = str(run.cfg.get("name", ""))
+        data = training_inputs(run.data.train, PLOT_DATA)
+        name = str(run.config.get("name", ""))
         save_density_plot(Path(run.run_dir) / "samples" / DENSITY_FILE, run.model, data, samples, title=name)
     finally:
         set_rng_state(state)

@@ -9,7 +9,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jemkit import hookimpl
-from jemkit.contracts import Batch, BuildContext, JointEnergyModel, Loss, LossOutput
+from jemkit.contracts import (
+    HISTOGRAM_ENERGY_DATA,
+    HISTOGRAM_ENERGY_SAMPLES,
+    Batch,
+    BuildContext,
+    JointEnergyModel,
+    Loss,
+    LossOutput,
+    Sampler,
+)
 
 
 def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
@@ -46,7 +55,7 @@ class JEMLoss(Loss):
         self.params = params
         self.needs_sampler = params.px > 0 or params.pxy > 0
 
-    def __call__(self, model: JointEnergyModel, batch: Batch, sampler) -> LossOutput:
+    def __call__(self, model: JointEnergyModel, batch: Batch, sampler: Sampler) -> LossOutput:
         p = self.params
         x, y = batch.x, batch.y
         n = x.shape[0]
@@ -64,6 +73,7 @@ class JEMLoss(Loss):
         loss = p.pyx * ce
         metrics: dict[str, Tensor] = {"ce": ce.detach(), "acc": _accuracy(logits["data"].detach(), y)}
         metrics["energy_data"] = energy_data.detach().mean()
+        histograms = {HISTOGRAM_ENERGY_DATA: energy_data.detach()}  # per-input energies, for loggers
         energy_terms = [energy_data]
         if "neg" in logits:
             energy_samples = model.energy_from_logits(logits["neg"])
@@ -71,6 +81,7 @@ class JEMLoss(Loss):
             loss = loss + p.px * px_term
             metrics["px"] = px_term.detach()
             metrics["energy_samples"] = energy_samples.detach().mean()
+            histograms[HISTOGRAM_ENERGY_SAMPLES] = energy_samples.detach()
             energy_terms.append(energy_samples)
         if "neg_y" in logits:
             energy_data_y = model.energy_from_logits(logits.get("px", logits["data"]), y)
@@ -79,13 +90,14 @@ class JEMLoss(Loss):
             loss = loss + p.pxy * pxy_term
             metrics["pxy"] = pxy_term.detach()
             metrics.setdefault("energy_samples", energy_samples_y.detach().mean())
+            histograms.setdefault(HISTOGRAM_ENERGY_SAMPLES, energy_samples_y.detach())
             energy_terms.append(energy_samples_y)
         if p.energy_l2 > 0:
             l2 = sum(e.pow(2).mean() for e in energy_terms)
             loss = loss + p.energy_l2 * l2
             metrics["energy_l2"] = l2.detach()
         metrics["loss"] = loss.detach()
-        return LossOutput(loss=loss, metrics=metrics)
+        return LossOutput(loss=loss, metrics=metrics, histograms=histograms)
 
 
 def _forward(model: JointEnergyModel, inputs: dict[str, Tensor], fused: bool) -> dict[str, Tensor]:
@@ -106,7 +118,7 @@ class CrossEntropyLoss(Loss):
 
     needs_sampler = False
 
-    def __call__(self, model: JointEnergyModel, batch: Batch, sampler) -> LossOutput:
+    def __call__(self, model: JointEnergyModel, batch: Batch, sampler: Sampler) -> LossOutput:
         logits = model(batch.x)
         ce = F.cross_entropy(logits, batch.y)
         metrics = {
