@@ -79,7 +79,7 @@ from jemkit.contracts import Batch, parameters_requiring_grad
 from jemkit.errors import JemkitError
 from jemkit.performance import autocast, prepare_input
 from jemkit.plugin_manager import load_plugins
-from jemkit.precision import hardware, settle_for_run
+from jemkit.precision import cpu_model as cpu_name, hardware, settle_for_run
 from jemkit.sampler import frozen_weights, model_mode
 from jemkit.train import Trainer
 
@@ -161,18 +161,6 @@ def _load_average() -> float | None:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
-
-
-def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo where there is one)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------- helpers

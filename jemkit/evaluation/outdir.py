@@ -49,7 +49,7 @@ def choose_target(run_dir: Path, out: Path | None) -> Path:
 
 def temporary_folder(run_dir: Path, target: Path) -> Path:
     """A new hidden folder on the target's file system to assemble the report in."""
-    holder = Path(run_dir) if _inside(target, Path(run_dir)) else target.parent
+    holder = Path(run_dir) if is_inside(target, Path(run_dir)) else target.parent
     holder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=holder))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the report is an ordinary folder
@@ -73,7 +73,7 @@ def publish(tmp: Path, target: Path, run_dir: Path, chosen: bool = True) -> Path
         target.rmdir()  # an empty --out folder the user made
     os.replace(tmp, target)
     eval_dir = Path(run_dir) / EVAL_DIR
-    if _inside(target, eval_dir):
+    if is_inside(target, eval_dir):
         point_latest(eval_dir, target)
     return target
 
@@ -104,7 +104,8 @@ def latest_folder(run_dir: Path) -> Path | None:
     return None
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def is_inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` (both resolved)."""
     try:
         path.resolve().relative_to(folder.resolve())
         return True
