@@ -6,6 +6,8 @@ Each component receives its own validated parameters and an explicit
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from jemkit import defaults
-from jemkit.config import DEFAULT_SAMPLER, SamplerParams, TrainParams, build_params, component_params, section
+from jemkit.config import (
+    DEFAULT_SAMPLER,
+    SamplerParams,
+    TrainParams,
+    build_params,
+    check_loggers,
+    component_params,
+    section,
+)
 from jemkit.contracts import (
     Backbone,
     BuildContext,
@@ -27,11 +37,13 @@ from jemkit.contracts import (
     Transition,
     parameters_requiring_grad,
 )
+from jemkit.culprit import blame, component_culprit
 from jemkit.errors import JemkitError, RecipeError
+from jemkit.disk import free_bytes
 from jemkit.distributed import DistInfo
 from jemkit.guard import GuardParams
 from jemkit.performance import PerformanceParams, prepare_model
-from jemkit.plugin_manager import PluginSet
+from jemkit.plugin_manager import PluginSet, logger_names
 from jemkit.rng import RANK_SEED_STRIDE, recipe_seed, seed_everything
 from jemkit.sampler import Sampler, graph_capturable
 
@@ -54,7 +66,8 @@ class Experiment:
 
 
 def resolve_device(spec: str | None) -> torch.device:
-    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a device
+    this machine does not have is a :class:`RecipeError`."""
     if spec is not None and not isinstance(spec, str):
         raise RecipeError(f"device must be a name (auto, cpu, cuda or cuda:N), got {spec!r}.")
     spec = (spec or "auto").strip()
@@ -68,7 +81,91 @@ def resolve_device(spec: str | None) -> torch.device:
         raise RecipeError(
             f"The recipe asks for device {spec!r}, but no CUDA device is available. Set device=auto or device=cpu."
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise RecipeError(
+            f"The recipe asks for device {spec!r}, but this machine has {count} CUDA device(s) "
+            f"(cuda:0 to cuda:{count - 1}). Set device=cuda:0, device=auto or device=cpu."
+        )
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RecipeError(
+                f"The recipe asks for device {spec!r} (Apple's Metal GPUs), but it is not available here (this PyTorch "
+                "has no MPS support, or the machine is not a Mac with Metal). Set device=auto or device=cpu."
+            )
+    elif device.type not in ("cpu", "cuda"):
+        raise RecipeError(
+            f"The recipe asks for device {spec!r}, but jemkit trains on cpu, cuda, cuda:N or mps. "
+            "Set device=auto, device=cpu or device=cuda."
+        )
     return device
+
+
+#: Bytes a replay-buffer chain costs besides its float32 values: its int64 label.
+CHAIN_LABEL_BYTES = 8
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable``; ``None`` when unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def check_chain_memory(
+    cfg: DictConfig, context: BuildContext, train: TrainParams, dist: DistInfo, source: str = "recipe"
+) -> None:
+    """Refuse a replay buffer (``sampler.init.size`` chains of ``context.input_shape``) that cannot fit,
+    before it is allocated: in memory (every local rank's buffer plus one checkpoint's copy; GPU
+    memory for ``on_device``) and on the disk of the run directory (``train.keep_checkpoints`` step
+    checkpoints, ``best.safetensors`` and one being written, each holding every rank's buffer)."""
+    size = OmegaConf.select(cfg, "sampler.init.size", default=None)
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0 or not context.input_shape:
+        return
+    per_chain = 4 * math.prod(int(n) for n in context.input_shape) + CHAIN_LABEL_BYTES
+    buffer = size * per_chain
+    ranks = dist.world_size
+    fits = "at most {fit:,} chains fit"
+    shape = "x".join(str(n) for n in context.input_shape)
+    what = f"sampler.init.size={size} asks for a replay buffer of {buffer:,} bytes ({size:,} chains of {shape} float32 plus a label)"
+    on_device = bool(OmegaConf.select(cfg, "sampler.init.on_device", default=False)) and context.device.type == "cuda"
+    if on_device:
+        free_gpu, _ = torch.cuda.mem_get_info(context.device)
+        if buffer > free_gpu:
+            raise RecipeError(
+                f"{source}: {what} on {context.device}, which has {free_gpu:,} bytes free; "
+                f"{fits.format(fit=free_gpu // per_chain)}. Lower sampler.init.size or set sampler.init.on_device=false."
+            )
+    memory = _available_memory()
+    need = buffer * ranks * (1 if on_device else 2)
+    if memory is not None and need > memory:
+        raise RecipeError(
+            f"{source}: {what}; with one checkpoint's copy of it{' on each of ' + str(ranks) + ' ranks' if ranks > 1 else ''} "
+            f"this process needs about {need:,} bytes of memory, but {memory:,} bytes are available; "
+            f"{fits.format(fit=memory // (per_chain * ranks * (1 if on_device else 2)))}. Lower sampler.init.size "
+            "or use a machine with more memory."
+        )
+    if context.run_dir is None:
+        return
+    copies = train.keep_checkpoints + 2
+    disk_need = buffer * ranks * copies
+    free = free_bytes(context.run_dir)
+    if free is not None and disk_need > free:
+        raise RecipeError(
+            f"{source}: {what}; every checkpoint holds it, and train.keep_checkpoints={train.keep_checkpoints} step "
+            f"checkpoints plus best.safetensors plus one being written need about {disk_need:,} bytes on the disk of "
+            f"{str(context.run_dir)!r}, which has {free:,} bytes free; {fits.format(fit=free // (per_chain * ranks * copies))}. "
+            "Lower sampler.init.size or train.keep_checkpoints, free space, or pass --out on another disk."
+        )
 
 
 def _call(kind: str, name: str, dotted: str, factory: Any, *args: Any) -> Any:
@@ -87,7 +184,9 @@ def build_component(
     node = section(cfg, dotted, source)
     registry = plugins.registries[kind]
     name, params = component_params(registry, node, dotted, source)
-    return _call(kind, name, dotted, registry.get(name).factory, params, context, *extra)
+    # an exception inside the factory names the component, its plugin and package (jemkit.culprit)
+    with blame(lambda: component_culprit(plugins, kind, name, dotted, source), "while its factory built it"):
+        return _call(kind, name, dotted, registry.get(name).factory, params, context, *extra)
 
 
 def build_by_name(
@@ -229,6 +328,7 @@ def build_experiment(
     train = build_train_params(cfg, source)
     guard = build_params(GuardParams, cfg.get("guard") or {}, "guard", source, what="the divergence guard")
     performance = build_performance(cfg, source)
+    check_loggers(cfg, logger_names(plugins), source)  # `loggers: [...]` names installed logger plugins
     if train.batch_size % dist.world_size:
         raise RecipeError(
             f"{source}: train.batch_size={train.batch_size} (the global batch) does not split evenly over "
@@ -249,6 +349,7 @@ def build_experiment(
     context.steps_per_epoch = steps_per_epoch(len(data.train), train.batch_size)
     context.total_steps = train.max_steps or context.steps_per_epoch * train.epochs
     model = prepare_model(build_model(plugins, cfg, context, source), performance)
+    check_chain_memory(cfg, context, train, dist, source)  # before the replay buffer is allocated
     if dist.rank:
         seed_everything(seed + RANK_SEED_STRIDE * dist.rank)
     sampler = build_sampler(plugins, cfg, context, source)  # applies performance.cuda_graphs

@@ -13,9 +13,16 @@ integers, kept as such), ``{"$list": [...]}``, ``{"$tuple": [...]}``, ``{"$float
 ``{"$ndarray": key, "dtype": "<f4", "shape": [...], "scalar": false}`` (an array is stored as
 its raw bytes, so every numeric numpy dtype and byte order round-trips).
 
+Every checkpoint records a digest of its payload (``jemkit.digest``: one SHA-256 per tensor and
+one over the skeleton and user metadata, see :mod:`jemkit.digest`); :func:`load_checkpoint`
+verifies it and names each damaged entry. Checkpoints written before digests existed load
+unverified (:attr:`Checkpoint.verified` is ``False``).
+
 The last section is the one place that names a run directory's checkpoints and finds them
-(:func:`checkpoint_name`, :func:`list_checkpoints`, :func:`resolve_checkpoint`). The RNG states a
-checkpoint carries are captured and restored by :mod:`jemkit.rng`.
+(:func:`checkpoint_name`, :func:`list_checkpoints`, :func:`resolve_checkpoint`), removes the
+temporary files of killed writes (:func:`remove_temporaries`) and sets files aside without
+deleting them (:func:`set_aside`). The RNG states a checkpoint carries are captured and restored
+by :mod:`jemkit.rng`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ import math
 import os
 import re
 import secrets
+import shlex
 import struct
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +45,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as _safetensors_save
 
-from jemkit.errors import CheckpointError
+from jemkit import digest
+from jemkit.disk import disk_full_error, is_no_room
+from jemkit.errors import CheckpointError, CheckpointIntegrityError
 
 #: Header metadata key holding the JSON skeleton of the saved structure.
 TREE_KEY = "jemkit.tree"
@@ -44,14 +55,22 @@ TREE_KEY = "jemkit.tree"
 FORMAT_KEY = "jemkit.format"
 #: The format version this module writes and reads.
 FORMAT_VERSION = "1"
+#: Header metadata key holding the payload digests (:mod:`jemkit.digest`).
+DIGEST_KEY = digest.DIGEST_KEY
 #: Metadata keys jemkit writes itself; user metadata may not use them.
-RESERVED_KEYS = frozenset({TREE_KEY, FORMAT_KEY})
+RESERVED_KEYS = frozenset({TREE_KEY, FORMAT_KEY, DIGEST_KEY})
+#: Test-only: seconds that each checkpoint write is stretched over (written in slices with pauses),
+#: so that fault-injection tests can kill a process inside a write. Unset in normal use.
+SLOW_WRITE_ENV = "JEMKIT_TEST_SLOW_WRITE_SECONDS"
 #: File suffix of checkpoints.
 SUFFIX = ".safetensors"
+#: Suffix of the temporary file a write goes through (``.NAME.PID.RANDOM.tmp``).
+TMP_SUFFIX = ".tmp"
 
 # safetensors refuses to read headers larger than this (its MAX_HEADER_SIZE).
 _MAX_HEADER_BYTES = 100_000_000
 _STEP_NAME = re.compile(r"^step_(\d+)\.safetensors$")
+_TEMPORARY = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _TAGS = ("$dict", "$list", "$tuple", "$float", "$tensor", "$ndarray")
@@ -245,6 +264,8 @@ class Checkpoint:
     state: dict[str, Any]
     metadata: dict[str, str] = field(default_factory=dict)
     path: Path = Path()
+    #: Whether a recorded digest was checked (``False`` for a checkpoint written before digests).
+    verified: bool = False
 
 
 def save_checkpoint(
@@ -255,7 +276,9 @@ def save_checkpoint(
     The file is written to a temporary file in the same directory, flushed and fsynced, then
     renamed over ``path`` (and the directory fsynced), so a crash at any moment leaves either
     the previous file or the new one, never a mix. If encoding or writing fails, ``path`` is
-    untouched and the temporary file is removed. Missing parent directories are created.
+    untouched and the temporary file is removed. Missing parent directories are created. A disk
+    (or quota, or file-size limit) too full for the file raises
+    :class:`~jemkit.errors.DiskFullError` naming the path and the bytes needed.
     """
     path = Path(path)
     if not isinstance(state, dict):
@@ -269,7 +292,8 @@ def save_checkpoint(
         raise ValueError(f"checkpoint metadata keys {sorted(clash)} are reserved for jemkit")
 
     tensors, skeleton = encode_tree(state)
-    header = {**metadata, TREE_KEY: skeleton, FORMAT_KEY: FORMAT_VERSION}
+    record = digest.compute(tensors, skeleton, metadata)
+    header = {**metadata, TREE_KEY: skeleton, FORMAT_KEY: FORMAT_VERSION, DIGEST_KEY: record}
     data = _safetensors_save(tensors, metadata=header)
     (header_bytes,) = struct.unpack("<Q", data[:8])
     if header_bytes > _MAX_HEADER_BYTES:
@@ -284,19 +308,37 @@ def save_checkpoint(
 def _write_atomic(path: Path, data: bytes) -> None:
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    temporary = directory / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}"
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         fd = os.open(temporary, flags, 0o666)
         with open(fd, "wb") as handle:
-            handle.write(data)
+            _write_data(handle, data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if is_no_room(error):
+            intact = f"The previous {path.name} is untouched." if path.exists() else "No partial file was left."
+            raise disk_full_error(error, path, len(data), intact) from None
         raise
     _fsync_directory(directory)
+
+
+def _write_data(handle: Any, data: bytes) -> None:
+    """Write ``data``; under the test-only :data:`SLOW_WRITE_ENV` in slices with pauses between."""
+    seconds = float(os.environ.get(SLOW_WRITE_ENV, "0") or 0)
+    if seconds <= 0:
+        handle.write(data)
+        return
+    slices = 8
+    step = max(1, -(-len(data) // slices))
+    view = memoryview(data)
+    for start in range(0, len(data), step):
+        handle.write(view[start : start + step])
+        handle.flush()
+        time.sleep(seconds / slices)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -324,6 +366,33 @@ def _open_error(path: Path, error: BaseException) -> CheckpointError:
     )
 
 
+def _integrity_error(path: Path, damaged: list[str]) -> CheckpointIntegrityError:
+    shown = ", ".join(repr(name) for name in damaged[:3])
+    more = f" and {len(damaged) - 3} more" if len(damaged) > 3 else ""
+    run_dir = path.parent.parent if path.parent.name == CHECKPOINT_DIR else None
+    resume = f"; `{command('run', '--resume', run_dir)}` sets damaged checkpoints aside" if run_dir else ""
+    return CheckpointIntegrityError(
+        f"Checkpoint file {str(path)!r} is damaged: entry {shown}{more} no longer matches the digest recorded "
+        "when the file was written, so its bytes changed afterwards (a failing disk, an interrupted copy or an "
+        "edit), and it is not loaded. Restore it from a backup, or use another checkpoint of the run "
+        f"(--checkpoint STEP or best{resume})."
+    )
+
+
+def _verify_header(path: Path, metadata: dict[str, str]) -> None:
+    """Check the header part of a recorded digest (skeleton and user metadata) without the tensors."""
+    record = metadata.get(DIGEST_KEY)
+    if record is None:
+        return
+    user = {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
+    try:
+        expected = json.loads(record)["header"]
+    except (ValueError, KeyError, TypeError):
+        raise _integrity_error(path, [f"{digest.HEADER_ENTRY} (the digest record itself is unreadable)"]) from None
+    if digest.header_digest(metadata.get(TREE_KEY, ""), user) != expected:
+        raise _integrity_error(path, [digest.HEADER_ENTRY])
+
+
 def _header_metadata(path: Path, metadata: dict[str, str] | None) -> dict[str, str]:
     """Check the jemkit entries of a header; return the user metadata."""
     metadata = dict(metadata or {})
@@ -341,6 +410,7 @@ def _header_metadata(path: Path, metadata: dict[str, str] | None) -> dict[str, s
             f"{FORMAT_VERSION!r}. Load it with the jemkit version that wrote it (see the "
             "checkpoint's metadata), or upgrade jemkit."
         )
+    _verify_header(path, metadata)
     return {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
 
 
@@ -348,7 +418,8 @@ _READ_ERRORS = (SafetensorError, OSError, ValueError, RuntimeError, struct.error
 
 
 def read_metadata(path: Path | str) -> dict[str, str]:
-    """The user metadata of the checkpoint at ``path``, reading only its header."""
+    """The user metadata of the checkpoint at ``path``, reading only its header (whose digest is
+    verified when the checkpoint records one)."""
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -362,7 +433,10 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     """Load the checkpoint at ``path``, putting its tensors on ``map_location``.
 
     Numpy arrays come back as numpy arrays. Every problem with the file (missing, truncated,
-    corrupt, not a jemkit checkpoint, newer format) raises :class:`CheckpointError`.
+    corrupt, not a jemkit checkpoint, newer format) raises :class:`CheckpointError`; bytes that no
+    longer match the recorded digest raise :class:`~jemkit.errors.CheckpointIntegrityError`
+    naming the damaged entries. A checkpoint without a digest (written before digests) loads
+    unverified.
     """
     path = Path(path)
     device = torch.device(map_location)
@@ -375,6 +449,11 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
         raise
     except _READ_ERRORS as error:
         raise _open_error(path, error) from None
+    record = metadata.get(DIGEST_KEY)
+    if record is not None:
+        damaged = digest.damaged_entries(record, tensors, metadata[TREE_KEY], user_metadata)
+        if damaged:
+            raise _integrity_error(path, damaged)
     try:
         state = _decode(json.loads(metadata[TREE_KEY]), tensors, device)
     except KeyError as error:
@@ -394,7 +473,7 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
             f"Checkpoint file {path} is corrupt: its saved state is a {type(state).__name__}, "
             "not a dict. Resume from another checkpoint of the run."
         )
-    return Checkpoint(state=state, metadata=user_metadata, path=path)
+    return Checkpoint(state=state, metadata=user_metadata, path=path, verified=record is not None)
 
 
 # --------------------------------------------------------------------------- run directories
@@ -481,8 +560,9 @@ def resolve_checkpoint(run_dir: Path | str, which: str | int | Path = "last") ->
         if latest is None:
             raise CheckpointError(
                 f"Run directory {str(run_dir)!r} has no checkpoint (looked for step_*{SUFFIX} in "
-                f"{str(folder)!r}). Train it first (`jemkit run RECIPE --out {run_dir}`), let an interrupted "
-                f"run finish (`jemkit run --resume {run_dir}`), or pass --checkpoint PATH with a checkpoint file."
+                f"{str(folder)!r}). Train it first (`{command('run', '--resume', run_dir)}` trains a run "
+                "directory that holds its config.yaml, from its newest checkpoint or from step 0), or pass "
+                "--checkpoint PATH with a checkpoint file."
             )
         return latest
     if isinstance(which, str) and which == "best":
@@ -529,3 +609,42 @@ def _available(folder: Path) -> str:
     """The steps of the checkpoints in ``folder``, as a phrase for error messages."""
     steps = [checkpoint_step(p) for p in list_checkpoints(folder)]
     return "steps available: " + ", ".join(map(str, steps)) if steps else "the run has no step checkpoint"
+
+
+
+def command(*words: Any) -> str:
+    """A ``jemkit`` command line as a user types it (each word shell-quoted), for messages."""
+    return shlex.join(["jemkit", *(str(w) for w in words)])
+
+
+def remove_temporaries(directory: Path | str) -> list[Path]:
+    """Delete the temporary files that killed writes left in ``directory``; returns them.
+
+    Only names written by :func:`save_checkpoint` (``.NAME.PID.RANDOM.tmp``) are touched. Call it
+    only while holding the run directory's lock (:class:`jemkit.run_lock.RunLock`): a live writer's
+    temporary file looks the same.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for path in directory.iterdir():
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def set_aside(path: Path | str, prefix: str) -> Path:
+    """Rename ``path`` to ``PREFIX_NAME`` in its folder (``corrupt_step_000010.safetensors``) and
+    return the new path; an existing file of that name is never replaced (``-2``, ``-3`` are added).
+    A set-aside file no longer counts as a checkpoint of the run; nothing is deleted."""
+    path = Path(path)
+    suffix = SUFFIX if path.name.endswith(SUFFIX) else ""
+    stem = path.name[: len(path.name) - len(suffix)]
+    target, k = path.with_name(f"{prefix}_{stem}{suffix}"), 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"{prefix}_{stem}-{k}{suffix}")
+    os.replace(path, target)
+    return target

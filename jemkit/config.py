@@ -8,6 +8,7 @@ A recipe is a mapping with these top-level sections (see ``recipes/*.yaml``)::
     sampler: {steps, model_mode, init: {...}, transition: {...}}
     loss, optimizer, schedule      component sections
     train: {...}                   loop settings, validated against :class:`TrainParams`
+    loggers: [tensorboard, ...]    logger plugins switched on (:func:`enabled_loggers`)
 
 Component parameters are validated against the dataclass the component registered; an unknown
 key or a wrong type is a :class:`~jemkit.errors.RecipeError` naming the recipe path.
@@ -17,13 +18,21 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import (
+    GrammarParseError,
+    InterpolationKeyError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    UnsupportedInterpolationType,
+)
 
 from jemkit import defaults
 from jemkit.errors import RecipeError
@@ -114,6 +123,8 @@ TOP_LEVEL_KEYS: dict[str, bool] = {
     "train": False,
     "guard": False,
     "performance": False,
+    "loggers": False,
+    "ema": False,  # the built-in ema plugin's settings (plugins/training/ema.py), validated by it
 }
 
 #: The ``sampler:`` section of a recipe without one (the names and steps of :mod:`jemkit.defaults`).
@@ -158,7 +169,7 @@ def switched_components(cfg: DictConfig, changes: DictConfig) -> list[str]:
     found: list[str] = []
 
     def walk(node: DictConfig, prefix: str) -> None:
-        for key, value in node.items():
+        for key, value in _items(node):
             if isinstance(value, DictConfig):
                 walk(value, f"{prefix}{key}.")
             elif key == "name" and prefix:
@@ -169,6 +180,11 @@ def switched_components(cfg: DictConfig, changes: DictConfig) -> list[str]:
 
     walk(changes, "")
     return found
+
+
+def _items(node: DictConfig) -> Any:
+    """``node``'s items without resolving interpolations (checked separately, with clear errors)."""
+    return node.items_ex(resolve=False)
 
 
 def _log_dropped_keys(cfg: DictConfig, changes: DictConfig, path: str, source: str) -> None:
@@ -204,17 +220,26 @@ def apply_overrides(cfg: DictConfig, overrides: list[str] | tuple[str, ...], sou
             _log_dropped_keys(base, changes, path, source)
             OmegaConf.update(base, path, {}, merge=False)
         merged = OmegaConf.merge(base, changes)
+    except InterpolationResolutionError as exc:
+        raise interpolation_error(exc, source) from None
     except (OmegaConfBaseException, yaml.YAMLError, ValueError) as exc:
         raise RecipeError(
             f"Could not apply overrides {list(overrides)} to {source}: {_one_line(exc)}. Check the "
-            "dotted key names against the recipe (`jemkit run RECIPE --print-config`)."
+            f"dotted key names against the recipe (`{shlex.join(['jemkit', 'run', source, '--print-config'])}`)."
         ) from None
     assert isinstance(merged, DictConfig)
     return merged
 
 
+#: Sections that must be mappings (``{name: ..., ...}``); the optional ones may also be null.
+MAPPING_SECTIONS = ("data", "model", "sampler", "loss", "optimizer", "schedule", "train", "guard", "performance")
+#: Largest accepted ``seed`` (numpy takes 32-bit seeds; jemkit derives others from it by offsets).
+MAX_SEED = 2**32 - 1
+
+
 def check_structure(cfg: DictConfig, source: str = "recipe") -> None:
-    """Check top-level keys and that component sections are mappings with a ``name``."""
+    """Check top-level keys, that sections are mappings, the scalars (``name``, ``seed``,
+    ``device``) and that every interpolation resolves."""
     unknown = [k for k in cfg.keys() if k not in TOP_LEVEL_KEYS]
     if unknown:
         raise RecipeError(
@@ -227,6 +252,90 @@ def check_structure(cfg: DictConfig, source: str = "recipe") -> None:
             f"{source}: missing required section(s) {', '.join(map(repr, missing))}. Every recipe needs "
             "data, model (backbone and head), loss and optimizer; see recipes/jem_digits.yaml."
         )
+    check_interpolations(cfg, source)
+    for key in MAPPING_SECTIONS:
+        if key not in cfg:
+            continue
+        value = cfg.get(key)
+        if isinstance(value, DictConfig) or (value is None and not TOP_LEVEL_KEYS[key]):
+            continue
+        raise RecipeError(
+            f"{source}: section {key!r} must be a mapping of settings such as {{name: ..., ...}}, got "
+            f"{_show(cfg[key])}. A section cannot be replaced by a single value; set one of its keys instead "
+            f"({key}.<key>=value; --print-config shows the keys the recipe has)."
+        )
+    _check_name(cfg.get("name"), source)
+    _check_seed(cfg.get("seed"), source)
+    device = cfg.get("device")
+    if device is not None and not isinstance(device, str):
+        raise RecipeError(f"{source}: device must be a name (auto, cpu, cuda or cuda:N), got {device!r}.")
+
+
+_SEPARATORS = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _check_name(name: Any, source: str) -> None:
+    """A run ``name`` is a plain name: it becomes a folder under ``runs/`` and nothing else."""
+    if name is None:
+        return
+    if isinstance(name, bool) or not isinstance(name, (str, int)):
+        raise RecipeError(f"{source}: name must be a plain name such as jem_digits, got {_show(name)}.")
+    text = str(name)
+    if not text.strip() or ".." in text or _SEPARATORS.search(text) or len(text) > 128:
+        raise RecipeError(
+            f"{source}: name {text!r} is not a plain name. A run's name becomes the folder runs/<name>-<time>, "
+            "so it may not contain path separators (/ or \\), '..' or control characters, nor be empty or longer "
+            "than 128 characters. Use a name such as jem_digits_small; to put a run elsewhere pass --out DIR."
+        )
+
+
+def _check_seed(seed: Any, source: str) -> None:
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise RecipeError(
+            f"{source}: seed must be an integer from 0 to {MAX_SEED} (numpy's and the data order's seeds are "
+            f"derived from it), got {seed!r}. Pick a smaller seed, e.g. seed=1."
+        )
+
+
+def check_interpolations(cfg: DictConfig, source: str = "recipe") -> None:
+    """Resolve every ``${...}`` of ``cfg`` once; a :class:`RecipeError` naming the key if one fails."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except InterpolationResolutionError as exc:
+        raise interpolation_error(exc, source) from None
+    except GrammarParseError as exc:
+        raise interpolation_error(exc, source) from None
+    except RecursionError:
+        raise RecipeError(
+            f"{source}: an interpolation refers to itself through other keys (a cycle of ${{...}}). "
+            "Replace one of them by a plain value."
+        ) from None
+
+
+def interpolation_error(exc: OmegaConfBaseException, source: str) -> RecipeError:
+    """The clear error for an interpolation that does not resolve (unknown resolver, missing or
+    self-referencing key, unset environment variable, bad syntax)."""
+    key = getattr(exc, "full_key", None) or "?"
+    detail = _one_line(exc)
+    if isinstance(exc, UnsupportedInterpolationType):
+        why = (
+            f"it uses a resolver jemkit does not know ({detail}). Recipes may refer to other keys "
+            "(${section.key}) and to environment variables (${oc.env:NAME} or ${oc.env:NAME,default}); "
+            "write the value itself instead"
+        )
+    elif isinstance(exc, InterpolationKeyError):
+        why = f"it refers to a key that does not exist ({detail}); check the dotted path or write the value itself"
+    elif "Recursive" in detail or "recursive" in detail:
+        why = f"it refers to itself ({detail}); replace it by a plain value"
+    elif "Environment variable" in detail:
+        why = f"{detail}; set the variable, or give a default: ${{oc.env:NAME,default}}"
+    elif isinstance(exc, GrammarParseError):
+        why = f"its ${{...}} is malformed ({detail}); close the braces or quote the text"
+    else:
+        why = detail
+    return RecipeError(f"{source}: the value of {key} cannot be resolved: {why}.")
 
 
 def section(cfg: DictConfig, dotted: str, source: str = "recipe") -> DictConfig:
@@ -346,8 +455,96 @@ def read_run_config(run_dir: Path) -> DictConfig:
 
 
 def to_yaml(cfg: DictConfig) -> str:
-    """The resolved recipe as YAML text."""
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    """The resolved recipe as YAML text, except that values read from the environment stay as
+    their interpolation (``${oc.env:NAME}``): a run directory or checkpoint never holds them."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    if not _mentions_env(raw):
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    try:
+        shadow = OmegaConf.to_container(OmegaConf.create(_mask_env(raw)), resolve=True)
+        kept = _keep_env(raw, shadow)
+    except (OmegaConfBaseException, RecursionError):
+        kept = _keep_interpolations(raw, OmegaConf.to_container(cfg, resolve=True))
+    return OmegaConf.to_yaml(OmegaConf.create(kept))
+
+
+def environment_variables(cfg: DictConfig) -> list[str]:
+    """Names of the environment variables the recipe reads (``${oc.env:NAME}``), sorted."""
+    names: set[str] = set()
+    for text in _strings(OmegaConf.to_container(cfg, resolve=False)):
+        names.update(_ENV_NAME.findall(text))
+    return sorted(names)
+
+
+_ENV_START = "${oc.env:"
+_ENV_NAME = re.compile(r"\$\{oc\.env:\s*([^,}\s]+)")
+#: Stands in for an environment value while finding which resolved values depend on one.
+_ENV_MARK = "@@jemkit-environment-value@@"
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    return []
+
+
+def _mentions_env(node: Any) -> bool:
+    return any(_ENV_START in text for text in _strings(node))
+
+
+def _mask_env(node: Any) -> Any:
+    """``node`` with every ``${oc.env:...}`` (nested braces included) replaced by :data:`_ENV_MARK`."""
+    if isinstance(node, dict):
+        return {k: _mask_env(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_env(v) for v in node]
+    if not isinstance(node, str) or _ENV_START not in node:
+        return node
+    out, i = [], 0
+    while True:
+        start = node.find(_ENV_START, i)
+        if start < 0:
+            out.append(node[i:])
+            return "".join(out)
+        out.append(node[i:start])
+        depth, j = 0, start
+        while j < len(node):
+            if node.startswith("${", j):
+                depth, j = depth + 1, j + 2
+                continue
+            if node[j] == "}":
+                depth -= 1
+                if depth == 0:
+                    break
+            j += 1
+        out.append(_ENV_MARK)
+        i = j + 1
+
+
+def _contains_mark(node: Any) -> bool:
+    return any(_ENV_MARK in text for text in _strings(node))
+
+
+def _keep_env(raw: Any, shadow: Any) -> Any:
+    """The resolved value where it does not depend on the environment, the raw interpolation where it does."""
+    if isinstance(raw, dict) and isinstance(shadow, dict):
+        return {k: _keep_env(raw[k], shadow[k]) for k in raw}
+    if isinstance(raw, list) and isinstance(shadow, list) and len(raw) == len(shadow):
+        return [_keep_env(r, v) for r, v in zip(raw, shadow)]
+    return raw if _contains_mark(shadow) else shadow
+
+
+def _keep_interpolations(raw: Any, resolved: Any) -> Any:
+    """Fallback of :func:`to_yaml`: every string holding ``${`` stays raw, the rest is resolved."""
+    if isinstance(raw, dict) and isinstance(resolved, dict):
+        return {k: _keep_interpolations(raw[k], resolved[k]) for k in raw}
+    if isinstance(raw, list) and isinstance(resolved, list) and len(raw) == len(resolved):
+        return [_keep_interpolations(r, v) for r, v in zip(raw, resolved)]
+    return raw if isinstance(raw, str) and "${" in raw else resolved
 
 
 def from_yaml(text: str) -> DictConfig:
@@ -357,15 +554,136 @@ def from_yaml(text: str) -> DictConfig:
     return cfg
 
 
+def enabled_loggers(cfg: Any) -> list[str]:
+    """The logger plugins a recipe switches on (``loggers: [tensorboard, ...]``); empty when absent."""
+    value = cfg.get("loggers") if cfg is not None else None
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    return [str(name) for name in value]
+
+
+def check_loggers(cfg: DictConfig, available: list[str], source: str = "recipe") -> None:
+    """Check that ``loggers`` is a list naming installed logger plugins (``available``)."""
+    value = cfg.get("loggers")
+    if value is None:
+        return
+    if not isinstance(value, (ListConfig, list)) or not all(isinstance(name, str) for name in value):
+        raise RecipeError(
+            f"{source}: loggers must be a list of logger plugin names, e.g. loggers: [tensorboard], got {_show(value)}."
+        )
+    for name in value:
+        if name not in available:
+            import difflib
+
+            close = difflib.get_close_matches(name, available, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(
+                f"{source}: loggers names {name!r}, which is not an installed logger plugin.{hint} Installed loggers: "
+                f"{', '.join(available) or 'none'} (`jemkit list-plugins` shows every plugin)."
+            )
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+@dataclass(frozen=True)
+class Change:
+    """One recipe key that a resumed run's overrides change (``old``/``new`` are :data:`UNSET` when absent)."""
+
+    key: str
+    old: Any
+    new: Any
+
+    def as_record(self) -> dict[str, Any]:
+        return {"key": self.key, "old": None if self.old is UNSET else self.old, "new": None if self.new is UNSET else self.new}
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+#: The value of a key a recipe does not have.
+UNSET: Any = _Unset()
+
+#: Recipe keys (and whole sections, by prefix) that a resumed run cannot change, with the reason.
+FIXED_ON_RESUME: dict[str, str] = {
+    "seed": "the data order, the augmentation of every example and the RNG streams of the run so far all come from it",
+    "data": "the model, the replay buffer and the data order of the run so far were made for this data set",
+    "model": "the checkpoint does not fit this recipe once the model changes: its weights have the run's shapes",
+    "sampler.init": "the chain initialiser's state in the checkpoint (the replay buffer) was made with these settings",
+    "schedule": "the LR schedule continues from the state saved in the checkpoint",
+    "optimizer.name": "the optimiser state in the checkpoint (moments, step counts) belongs to the run's optimiser",
+    "train.batch_size": "the data order and the steps per epoch of the run so far depend on it",
+    "train.best_metric": "checkpoints/best.safetensors and the best value so far were chosen by the run's metric",
+    "train.best_mode": "checkpoints/best.safetensors and the best value so far were chosen by the run's metric",
+}
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: node}
+
+
+def recipe_changes(stored: DictConfig, merged: DictConfig) -> list[Change]:
+    """Every leaf key whose value differs between a run's stored recipe and the one with overrides."""
+    old = _flatten(OmegaConf.to_container(stored, resolve=False))
+    new = _flatten(OmegaConf.to_container(merged, resolve=False))
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, UNSET), new.get(key, UNSET)
+        if before != after and not (before == {} and after is UNSET) and not (after == {} and before is UNSET):
+            changes.append(Change(key, before, after))
+    return changes
+
+
+def fixed_reason(key: str) -> str | None:
+    """Why ``key`` cannot change on resume (:data:`FIXED_ON_RESUME`), or ``None`` when it can."""
+    for prefix, reason in FIXED_ON_RESUME.items():
+        if key == prefix or key.startswith(prefix + "."):
+            return reason
+    return None
+
+
+def check_resume_changes(changes: list[Change], new_run: str) -> None:
+    """Refuse the changes a resumed run cannot apply: one :class:`RecipeError` naming every such key
+    and why; ``new_run`` is the command that starts a new run with them instead."""
+    refused = [(c, fixed_reason(c.key)) for c in changes]
+    refused = [(c, why) for c, why in refused if why is not None]
+    if not refused:
+        return
+    parts = "; ".join(f"{c.key} ({c.old!r} -> {c.new!r}): {why}" for c, why in refused)
+    raise RecipeError(
+        f"--resume cannot change {', '.join(c.key for c, _ in refused)}: {parts}. A resumed run applies an "
+        f"override for real or not at all, so nothing was changed. To train with these values, start a new run "
+        f"from this run's recipe: `{new_run}`."
+    )
+
+
 __all__ = [
+    "Change",
     "DEFAULT_SAMPLER",
+    "FIXED_ON_RESUME",
+    "UNSET",
+    "check_interpolations",
+    "check_resume_changes",
+    "environment_variables",
+    "recipe_changes",
     "SamplerParams",
     "TOP_LEVEL_KEYS",
     "TrainParams",
     "apply_overrides",
     "build_params",
+    "check_loggers",
     "check_structure",
     "component_params",
+    "enabled_loggers",
     "from_yaml",
     "load_recipe",
     "read_run_config",

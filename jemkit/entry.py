@@ -11,6 +11,10 @@ The default lives here rather than in ``jemkit/__init__.py`` so that programs wh
 ``import jemkit`` as a library keep their own OpenMP settings. A value the user already set
 (e.g. ``OMP_WAIT_POLICY=ACTIVE jemkit run ...``) is left alone. Child processes inherit the
 environment, so ``jemkit run --nproc N`` workers (torchrun, then ``python -m jemkit``) get it too.
+
+:func:`main` also installs the stop handlers of :mod:`jemkit.stopping` first thing, so that SIGTERM
+during start-up (imports, plugin loading, building a run) ends the command with a message and exit
+code 130 instead of killing it silently.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import os
 import sys
 from collections.abc import MutableMapping, Sequence
 
+#: Exit code of a command stopped by SIGINT/SIGTERM (as :data:`jemkit.cli.EXIT_INTERRUPTED`).
+EXIT_INTERRUPTED = 130
 #: Environment defaults the command line applies unless the user set the variable.
 ENV_DEFAULTS: dict[str, str] = {"OMP_WAIT_POLICY": "PASSIVE"}
 
@@ -35,11 +41,19 @@ def apply_env_defaults(environ: MutableMapping[str, str] | None = None) -> dict[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Apply the environment defaults, then run :func:`jemkit.cli.main`; returns the exit code."""
+    """Apply the environment defaults, make SIGTERM stop the command with a message as SIGINT does
+    (:mod:`jemkit.stopping`), then run :func:`jemkit.cli.main`; returns the exit code."""
     apply_env_defaults()
-    from jemkit.cli import main as cli_main
+    from jemkit import stopping
 
-    return cli_main(argv)
+    stopping.install()
+    try:
+        from jemkit.cli import main as cli_main
+
+        return cli_main(argv)
+    except stopping.StopRequested as stop:  # before the command started (imports, argument parsing)
+        sys.stderr.write(f"stopped by {stop.name} during start-up, before the command began; nothing was written\n")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

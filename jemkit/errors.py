@@ -46,3 +46,11 @@ class Interrupted(JemkitError):
 
 class RunLockedError(JemkitError):
     """Another live process is writing the same run directory."""
+
+
+class CheckpointIntegrityError(CheckpointError):
+    """A checkpoint's bytes no longer match the digest recorded when it was written."""
+
+
+class DiskFullError(JemkitError):
+    """A write failed for lack of space (or the file-size limit); names the path and the bytes."""

@@ -5,20 +5,21 @@ hand from the last checkpoint with a new seed. The guard trips on a non-finite l
 above ``max_abs_loss``, or a data-vs-sample energy gap above ``max_energy_gap``; the trainer
 then restores the last checkpoint, reseeds, optionally scales the learning rate, logs the event
 and continues, up to ``max_rollbacks`` times. :func:`check_step` decides whether a step trips;
-:class:`Rollbacks` carries the roll back out.
+:class:`Rollbacks` carries the roll back out. When the guard gives up it still makes the rollback it
+would have made next and says how to continue from there (:class:`GuardGaveUp`); the trainer
+records the final trip as a ``diverged`` event and writes ``summary.json`` with the history.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from jemkit.checkpoint import list_checkpoints
+from jemkit.checkpoint import command, list_checkpoints, set_aside
 from jemkit.errors import DivergenceError
 from jemkit.rng import ROLLBACK_SEED_STRIDE, seed_everything
 
@@ -122,18 +123,27 @@ class Rollbacks:
         """Restore the last good checkpoint after ``trip`` (given the run's earlier
         ``rollback_events``), reseed and scale the LR; the restored progress and the event record.
 
-        Raises :class:`DivergenceError` with the whole history once ``max_rollbacks`` is spent
-        (or at once when the guard is disabled, or when there is no checkpoint).
+        Raises :class:`GuardGaveUp` (a :class:`DivergenceError`) with the whole history once
+        ``max_rollbacks`` is spent (or at once when the guard is disabled, or when there is no
+        checkpoint). When it gives up with the guard enabled, the rollback it would have made next is
+        made all the same (:attr:`GuardGaveUp.parked`): the trainer writes that state as the last
+        checkpoint, so that ``--resume RUN_DIR guard.max_rollbacks=N`` continues exactly from there.
         """
         params = self.params
         history = [*rollback_events, {**trip.as_record()}]
         directory = self.run_state.directory
         target = self.target
         if target is not None and target.exists() and list_checkpoints(directory)[0] != target:
-            os.replace(target, target.with_name("suspect_" + target.name))
+            set_aside(target, "suspect")
         latest = self.run_state.latest()
         if not params.enabled or len(history) > params.max_rollbacks or latest is None:
-            raise self._exhausted(history, latest)
+            parked = self._restore(trip, history, latest)[0] if params.enabled and latest is not None else None
+            raise self._exhausted(history, latest, parked)
+        return self._restore(trip, history, latest)
+
+    def _restore(self, trip: Trip, history: list[dict[str, Any]], latest: Path) -> tuple[Progress, dict[str, Any]]:
+        """Roll back to ``latest``: restore it, scale the LR for ``len(history)`` rollbacks, reseed."""
+        params = self.params
         progress = self.run_state.restore(latest)
         self.target = latest
         progress.rollback_events = history
@@ -156,13 +166,50 @@ class Rollbacks:
         history[-1].update(event)
         return progress, event
 
-    def _exhausted(self, history: list[dict[str, Any]], latest: Path | None) -> DivergenceError:
+    def _exhausted(self, history: list[dict[str, Any]], latest: Path | None, parked: Progress | None) -> GuardGaveUp:
         params = self.params
+        run_dir = self.run_state.run_dir
         lines = "; ".join(f"step {ev['step']}: {ev['reason']}" for ev in history)
-        where = f"The last good checkpoint is {str(latest)!r}. " if latest else ""
-        return DivergenceError(
-            f"Training diverged and was not recovered after {len(history) - 1} rollback(s) "
-            f"(guard.max_rollbacks={params.max_rollbacks}, enabled={params.enabled}): {lines}. "
-            f"{where}Stabilise the recipe (lower optimizer.lr, more sampler.steps, loss.energy_l2=0.1) "
-            f"and resume with `jemkit run --resume {self.run_state.run_dir} seed=N`."
+        chains = any("chains" in str(ev.get("reason", "")) for ev in history)
+        cause = (
+            "The sampler's chains went non-finite (see the reasons): make its transition gentler (a smaller "
+            "sampler.transition.step_size or noise) or fix that transition; the LR is not the cause. "
+            if chains
+            else "Stabilise the recipe (lower optimizer.lr, more sampler.steps, loss.energy_l2=0.1). "
         )
+        if parked is not None and latest is not None:
+            more = len(history) + 3
+            way = (
+                f"The run is parked at step {parked.step} in {latest.name} (its last good checkpoint, with the LR scaled "
+                f"by {parked.lr_scale:g} and a new seed, as the next rollback leaves it): "
+                f"`{command('run', '--resume', run_dir, f'guard.max_rollbacks={more}')}` continues from there with "
+                f"{more - len(history)} more rollbacks allowed (add any recipe fix to that command)."
+            )
+        elif latest is not None:
+            way = (
+                f"The last good checkpoint is {str(latest)!r}: "
+                f"`{command('run', '--resume', run_dir, 'guard.enabled=true')}` continues from it with rollbacks on."
+            )
+        else:
+            way = "No checkpoint is left to continue from."
+        return GuardGaveUp(
+            f"Training diverged and was not recovered after {len(history) - 1} rollback(s) "
+            f"(guard.max_rollbacks={params.max_rollbacks}, enabled={params.enabled}): {lines}. {cause}{way}",
+            history=history,
+            parked=parked,
+            checkpoint=latest,
+        )
+
+
+class GuardGaveUp(DivergenceError):
+    """The guard gave up: ``history`` holds every trip; ``parked`` is the progress of the rollback
+    made all the same (``None`` when none was: guard disabled or no checkpoint); ``checkpoint`` the
+    last good checkpoint."""
+
+    def __init__(
+        self, message: str, history: list[dict[str, Any]], parked: Progress | None, checkpoint: Path | None
+    ) -> None:
+        super().__init__(message)
+        self.history = history
+        self.parked = parked
+        self.checkpoint = checkpoint

@@ -47,7 +47,8 @@ def _describe_holder(info: dict[str, Any]) -> str:
         return "another process (its lock file gives no details)"
     started = info.get("started")
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
-    return f"process {info.get('pid', '?')} on host {info.get('host', '?')} (started {when}: {info.get('command', '?')})"
+    purpose = f"{info['purpose']} since" if isinstance(info.get("purpose"), str) else "started"
+    return f"process {info.get('pid', '?')} on host {info.get('host', '?')} ({purpose} {when}: {info.get('command', '?')})"
 
 
 class RunLock:
@@ -58,10 +59,12 @@ class RunLock:
     holder; a lock whose process died is free (the OS dropped it).
     """
 
-    def __init__(self, run_dir: Path | str, purpose: str = "training") -> None:
+    def __init__(self, run_dir: Path | str, purpose: str = "training", hint: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.purpose = purpose
+        #: The way forward a refused writer reads (default: wait, or pass another --out).
+        self.hint = hint
         self._fd: int | None = None
 
     @property
@@ -78,11 +81,7 @@ class RunLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunLockedError(
-                f"Run directory {str(self.run_dir)!r} is being written by {_describe_holder(holder_info(self.path))}. "
-                "Two writers would interleave metrics.jsonl and checkpoints. Wait for that process to finish (or stop "
-                "it), or pass another --out. A lock left by a process that died frees itself; nothing needs deleting."
-            ) from None
+            raise self._locked_error() from None
         except BaseException:
             os.close(fd)
             raise
@@ -101,6 +100,30 @@ class RunLock:
             pass  # the description is a courtesy; the lock itself is what protects the directory
         self._fd = fd
         return self
+
+    def _locked_error(self) -> RunLockedError:
+        hint = self.hint or "Wait for that process to finish (or stop it), or pass another --out."
+        return RunLockedError(
+            f"Run directory {str(self.run_dir)!r} is being written by {_describe_holder(holder_info(self.path))}. "
+            f"Two writers would interleave metrics.jsonl and checkpoints. {hint} A lock left by a process that "
+            "died frees itself; nothing needs deleting."
+        )
+
+    def check_free(self) -> None:
+        """Raise :class:`RunLockedError` if another process holds the lock now; creates and keeps
+        nothing (a check before long work that takes the lock only at its end)."""
+        if self._fd is not None or fcntl is None or not self.path.is_file():
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._locked_error() from None
+        finally:
+            os.close(fd)
 
     def release(self) -> None:
         """Give the lock up (the file stays: deleting it would race with a new holder)."""

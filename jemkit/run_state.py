@@ -9,15 +9,23 @@ they live too) holds the whole training state::
     progress                      :meth:`Progress.record`: step, epoch, batch_in_epoch, wall_seconds,
                                   best_metric, lr_scale, rollback_events, world_size
     sampler_ranks, rng_ranks      every rank's sampler state and RNG streams (data-parallel runs only)
+    plugins                       plugin name -> the state its ``jemkit_save_state`` hook returned
+                                  (absent when no plugin keeps state; :mod:`jemkit.plugin_hooks`)
 
-and, as metadata, the resolved recipe, the versions and the plugin origins. Restoring it puts
-every one of these back, so a resumed run continues bit for bit (on CPU) where it stopped.
+and, as metadata, the resolved recipe (values read with ``${oc.env:NAME}`` kept as that
+interpolation), the versions, the plugin origins, the names of the environment variables the recipe
+reads (``jemkit.environment``) and the data record (``jemkit.data``: input shape, classes;
+:mod:`jemkit.data_info`). Restoring it puts every one of these back, so a resumed run continues bit
+for bit (on CPU) where it stopped. :meth:`RunState.resume` chooses the checkpoint (the newest that
+loads, or the one ``--checkpoint`` names), sets damaged or superseded ones aside without deleting
+them, and applies the optimiser settings a resume changes.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,18 +35,28 @@ import torch
 from jemkit import __version__
 from jemkit.checkpoint import (
     BEST_NAME,
+    SUFFIX,
+    TREE_KEY,
+    Checkpoint,
     checkpoint_dir,
     checkpoint_name,
+    checkpoint_step,
+    command,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    remove_temporaries,
+    resolve_checkpoint,
     save_checkpoint,
+    set_aside,
 )
-from jemkit.config import to_yaml
-from jemkit.distributed import DistInfo, barrier, gather_objects, gather_states
-from jemkit.errors import CheckpointError
+from jemkit.config import UNSET, Change, environment_variables, to_yaml
+from jemkit.data_info import DataInfo, describe_data, metadata_entry, write_data_info
+from jemkit.distributed import DistInfo, barrier, broadcast_object, gather_objects, gather_states
+from jemkit.errors import CheckpointError, RecipeError
 from jemkit.rng import RANK_SEED_STRIDE, rng_state, seed_everything, set_rng_state
-from jemkit.runlog import truncate_metrics
+from jemkit.runlog import read_metrics, truncate_metrics
 
 if TYPE_CHECKING:
     from jemkit.build import Experiment
@@ -90,6 +108,51 @@ class Progress:
         )
 
 
+#: The metrics file of a run directory (:mod:`jemkit.runlog`).
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run continues, and what resuming changed (its ``resume`` event)."""
+
+    #: The checkpoint restored; ``None``: the run starts from step 0 (it had no complete checkpoint).
+    path: Path | None
+    progress: Progress
+    #: Damaged checkpoints renamed ``corrupt_*`` (only ever reported by an error; kept for the event).
+    set_aside: list[Path] = field(default_factory=list)
+    #: Checkpoints of later steps than an explicitly chosen one, renamed ``superseded_*``.
+    superseded: list[Path] = field(default_factory=list)
+    #: The recipe changes the overrides made (``key``, ``old``, ``new``), all of them applied.
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    #: The ``key=value`` overrides as given.
+    overrides: list[str] = field(default_factory=list)
+    #: Whether optimiser settings changed (the resumed checkpoint is then written again with them).
+    optimizer_changed: bool = False
+
+    def event(self) -> dict[str, Any]:
+        """The ``{"event": "resume", ...}`` record for ``metrics.jsonl``."""
+        return {
+            "step": self.progress.step,
+            "epoch": self.progress.epoch,
+            "event": "resume",
+            "checkpoint": self.path.name if self.path is not None else None,
+            "overrides": self.overrides,
+            "changes": self.changes,
+            "superseded": [p.name for p in self.superseded],
+        }
+
+    def describe(self) -> str:
+        """One line for the console."""
+        where = f"{self.path} (step {self.progress.step})" if self.path else "step 0 (the run has no complete checkpoint)"
+        parts = [f"resuming from {where}"]
+        if self.superseded:
+            parts.append("set aside as later than the chosen checkpoint: " + ", ".join(p.name for p in self.superseded))
+        if self.changes:
+            parts.append("changed: " + ", ".join(f"{c['key']}={c['new']!r}" for c in self.changes))
+        return "; ".join(parts)
+
+
 def sampler_state(state: dict[str, Any], rank: int = 0) -> Any:
     """The sampler state that ``rank`` restores from a checkpoint's ``state``.
 
@@ -132,6 +195,9 @@ class RunState:
         self.plugin_origins = plugin_origins
         #: Where the recipe came from, for error messages.
         self.source = source
+        #: Collects and restores plugin state (``save() -> dict``, ``load(states, progress)``); set by
+        #: the trainer (:class:`jemkit.run_view.TrainerPluginState`), ``None``: no plugin state.
+        self.plugin_state: Any = None
 
     def state_dict(self, progress: Progress, elapsed: float) -> dict[str, Any]:
         """The whole training state, as stored in a checkpoint (see the module docstring)."""
@@ -149,6 +215,9 @@ class RunState:
         if self.dist.enabled:  # every rank's replay-buffer shard and RNG streams
             state["sampler_ranks"] = gather_states(sampler, self.dist, e.context.device)
             state["rng_ranks"] = gather_objects(rng, self.dist)
+        plugins = self.plugin_state.save() if self.plugin_state is not None else {}
+        if plugins:
+            state["plugins"] = plugins
         return state
 
     def metadata(self) -> dict[str, str]:
@@ -158,7 +227,14 @@ class RunState:
             "jemkit.recipe": to_yaml(self.experiment.cfg),
             "jemkit.versions": json.dumps(versions),
             "jemkit.plugins": json.dumps(self.plugin_origins),
+            "jemkit.environment": json.dumps(environment_variables(self.experiment.cfg)),  # names only, never values
+            **metadata_entry(self.data_info()),  # input shape, classes, preprocessing: jemkit.data_info
         }
+
+    def data_info(self) -> DataInfo:
+        """The run's inputs and classes (entry ``jemkit.data`` and ``RUN_DIR/data_info.json``), so that
+        its model opens without the data set (:mod:`jemkit.data_info`)."""
+        return describe_data(self.experiment.cfg, self.experiment.data)
 
     def save(self, progress: Progress, elapsed: float, path: Path | None = None) -> Path:
         """Write a checkpoint of ``progress`` (atomically; default: the step checkpoint) and prune
@@ -167,15 +243,18 @@ class RunState:
         state = self.state_dict(progress, elapsed)
         if self.dist.is_main:
             save_checkpoint(path, state, self.metadata())
+            write_data_info(self.run_dir, self.data_info())
             if path.parent == self.directory and path.name != BEST_NAME:
                 keep = self.experiment.train.keep_checkpoints
                 prune_checkpoints(self.directory, keep, protect={self.directory / BEST_NAME})
         barrier(self.dist)
         return path
 
-    def restore(self, path: Path) -> Progress:
-        """Load every part of the checkpoint at ``path`` into the experiment and the RNGs; its progress."""
-        checkpoint = load_checkpoint(path, map_location=self.experiment.context.device)
+    def restore(self, path: Path, checkpoint: Checkpoint | None = None) -> Progress:
+        """Load every part of the checkpoint at ``path`` (or the already loaded ``checkpoint`` of it)
+        into the experiment and the RNGs; its progress."""
+        if checkpoint is None:
+            checkpoint = load_checkpoint(path, map_location=self.experiment.context.device)
         state = checkpoint.state
         e = self.experiment
         try:
@@ -186,6 +265,8 @@ class RunState:
             progress = Progress.from_record(state["progress"])
         except MISMATCH_ERRORS as exc:
             raise checkpoint_mismatch(path, self.source, exc) from None
+        if self.plugin_state is not None:  # after model, optimiser and sampler; before the RNGs
+            self.plugin_state.load(state.get("plugins") or {}, progress)
         rng_ranks = state.get("rng_ranks")
         if self.dist.rank == 0:
             set_rng_state(state["rng"])
@@ -199,18 +280,216 @@ class RunState:
         """The newest step checkpoint, or ``None``."""
         return latest_checkpoint(self.directory)
 
-    def resume(self) -> tuple[Path, Progress]:
-        """Restore the newest step checkpoint and drop the metrics records written after it.
+    def clean_leftovers(self) -> list[Path]:
+        """Remove the temporary files that killed writes left (checkpoints, metrics, summary); only
+        while holding the run directory's lock. Returns the removed paths."""
+        removed = remove_temporaries(self.directory)
+        for pattern in ("*.json.tmp", "*.jsonl.tmp", "*.yaml.tmp"):
+            for path in self.run_dir.glob(pattern):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
 
-        Raises :class:`CheckpointError` when the run directory has none.
+    def resume(
+        self, which: str | int | Path | None = "last", changes: Sequence[Change] = (), overrides: Sequence[str] = ()
+    ) -> ResumePoint:
+        """Restore the checkpoint ``which`` names (default: the newest) and drop the metrics records
+        written after it; apply the recipe ``changes`` a resumed run may make (optimiser settings:
+        :meth:`apply_changes`). Every rank calls this; rank 0 chooses the checkpoint.
+
+        ``last``: the newest step checkpoint. One that does not load (damaged, truncated) is set
+        aside as ``corrupt_<name>`` (never deleted) and the resume stops with an error naming it and
+        the checkpoint the next ``--resume`` continues from, so that no progress is dropped
+        unnoticed. A run directory without any step checkpoint starts from step 0, unless its
+        metrics show training beyond step 0 (then the checkpoints were removed: an error).
+        ``best``, a step or a path: that checkpoint; step checkpoints (and ``best.safetensors``) of
+        later steps are set aside as ``superseded_<name>``, since the run's history now branches.
         """
-        latest = self.latest()
-        if latest is None:
-            raise CheckpointError(
-                f"Run directory {str(self.run_dir)!r} has no checkpoint to resume from "
-                f"(looked in {str(self.directory)!r}). Start the run afresh with `jemkit run RECIPE`."
-            )
-        progress = self.restore(latest)
+        self._check_optimizer_changes(changes)
+        fresh = [dict(group) for group in self.experiment.optimizer.param_groups]
+        loaded: Checkpoint | None = None
+        decision: dict[str, Any] | None = None
         if self.dist.is_main:
-            truncate_metrics(self.run_dir / "metrics.jsonl", progress.step)
-        return latest, progress
+            try:
+                decision, loaded = self._choose(which)
+            except CheckpointError as exc:
+                decision = {"error": str(exc)}
+        decision = broadcast_object(decision, self.dist)
+        assert decision is not None
+        if decision.get("error"):
+            raise CheckpointError(decision["error"])
+        path = Path(decision["path"]) if decision["path"] is not None else None
+        progress = Progress() if path is None else self.restore(path, loaded)
+        applied = self.apply_changes(changes, fresh)
+        if self.dist.is_main:
+            truncate_metrics(self.run_dir / METRICS_FILE, progress.step)
+        return ResumePoint(
+            path=path,
+            progress=progress,
+            set_aside=[Path(p) for p in decision["set_aside"]],
+            superseded=[Path(p) for p in decision["superseded"]],
+            changes=[c.as_record() for c in changes],
+            overrides=list(overrides),
+            optimizer_changed=bool(applied),
+        )
+
+    def _choose(self, which: str | int | Path | None) -> tuple[dict[str, Any], Checkpoint | None]:
+        """Rank 0's choice of the checkpoint to resume from (see :meth:`resume`), loaded."""
+        device = self.experiment.context.device
+        if which is None or (isinstance(which, str) and which == "last"):
+            candidates = list(reversed(list_checkpoints(self.directory)))
+            if not candidates:
+                self._check_nothing_lost()
+                return {"path": None, "set_aside": [], "superseded": []}, None
+            try:
+                loaded = load_checkpoint(candidates[0], map_location=device)
+            except CheckpointError as damaged:
+                raise self._set_aside_damaged(candidates, damaged) from None
+            return {"path": str(candidates[0]), "set_aside": [], "superseded": []}, loaded
+        path = resolve_checkpoint(self.run_dir, which)
+        loaded = load_checkpoint(path, map_location=device)
+        step = int(loaded.state.get("progress", {}).get("step", -1))
+        superseded = []
+        for newer in list_checkpoints(self.directory):
+            if (checkpoint_step(newer) or 0) > step and newer.resolve() != path.resolve():
+                superseded.append(str(set_aside(newer, "superseded")))
+        best = self.directory / BEST_NAME
+        if best.is_file() and best.resolve() != path.resolve() and (_peek_step(best) or 0) > step:
+            superseded.append(str(set_aside(best, "superseded")))
+        return {"path": str(path), "set_aside": [], "superseded": superseded}, loaded
+
+    def _set_aside_damaged(self, candidates: list[Path], damaged: CheckpointError) -> CheckpointError:
+        """Set aside the newest checkpoint (it does not load) and any older ones that do not either;
+        the error that says so and names the checkpoint the next resume continues from."""
+        moved = [set_aside(candidates[0], "corrupt")]
+        next_good: Path | None = None
+        for older in candidates[1:]:
+            try:
+                load_checkpoint(older)
+            except CheckpointError:
+                moved.append(set_aside(older, "corrupt"))
+                continue
+            next_good = older
+            break
+        names = ", ".join(f"{p.name} (was {p.name.split('_', 1)[1]})" for p in moved)
+        again = command("run", "--resume", self.run_dir)
+        if next_good is not None:
+            older_step = checkpoint_step(next_good) or 0
+            lost = checkpoint_step(candidates[0]) or 0
+            span = f"step {lost}" if lost == older_step + 1 else f"steps {older_step + 1} to {lost}"
+            way = (
+                f"`{again}` continues from {next_good.name}, the newest checkpoint that verifies ({span} "
+                "trained again)"
+            )
+        else:
+            way = f"no older checkpoint verifies either; `{again}` then reports what is left"
+        return CheckpointError(
+            f"Not resumed: {_first_sentence(str(damaged))} Set aside (renamed, not deleted): {names}. To go on, "
+            "restore the damaged file "
+            f"from a backup under its old name, or {way}; `--checkpoint STEP|best|PATH` picks another one."
+        )
+
+    def _check_nothing_lost(self) -> None:
+        """Before a resume from step 0: an error when the run had trained past step 0 (its checkpoints
+        were removed, so starting over would silently replace its history)."""
+        trained = trained_steps(self.run_dir)
+        if not trained:
+            return
+        config = self.run_dir / "config.yaml"
+        fresh = _free_name(Path(f"{self.run_dir}-restart"))
+        aside = sorted(p.name for p in self.directory.glob(f"*_step_*{SUFFIX}")) if self.directory.is_dir() else []
+        kept = f" (set-aside files there: {', '.join(aside)})" if aside else ""
+        raise CheckpointError(
+            f"Run directory {str(self.run_dir)!r} has no checkpoint to resume from (looked for step_*{SUFFIX} in "
+            f"{str(self.directory)!r}{kept}), but its metrics.jsonl records training up to step {trained}: starting "
+            "over in place would replace that history. Restore a checkpoint into that folder from a backup, pass "
+            f"--checkpoint PATH with one, or train the recipe again in a new directory: "
+            f"`{command('run', config, '--out', fresh)}`."
+        )
+
+    def _check_optimizer_changes(self, changes: Sequence[Change]) -> None:
+        """Refuse optimiser changes the optimiser cannot take mid-run (no such per-group setting)."""
+        groups = self.experiment.optimizer.param_groups
+        for change in changes:
+            if not change.key.startswith("optimizer.") or change.key == "optimizer.name":
+                continue
+            name = change.key.split(".", 1)[1]
+            if "." in name or change.new is UNSET or any(name not in group for group in groups):
+                raise RecipeError(
+                    f"--resume cannot change {change.key} ({change.old!r} -> {change.new!r}): the optimiser keeps no "
+                    f"setting {name!r} that could change mid-run, so the override would not be applied. Resume "
+                    "without it, or start a new run with it: "
+                    f"`{command('run', self.run_dir / 'config.yaml', f'{change.key}={change.new}', '--out', _free_name(Path(f'{self.run_dir}-new')))}`."
+                )
+
+    def apply_changes(self, changes: Sequence[Change], fresh: list[dict[str, Any]]) -> list[str]:
+        """Apply the optimiser changes of a resume after the checkpoint's state was restored.
+
+        ``fresh`` holds the optimiser's parameter groups as built from the new recipe (before the
+        restore). ``optimizer.lr`` rescales every group's LR and the schedule's base LRs by new/old
+        recipe LR, so the schedule (and any guard scaling) carries on from this step with the new
+        base; any other ``optimizer.<key>`` replaces that setting in every group. Returns the keys
+        applied.
+        """
+        optimizer, schedule = self.experiment.optimizer, self.experiment.schedule
+        applied = []
+        for change in changes:
+            if not change.key.startswith("optimizer.") or change.key == "optimizer.name":
+                continue
+            name = change.key.split(".", 1)[1]
+            for index, (group, new) in enumerate(zip(optimizer.param_groups, fresh)):
+                if name == "lr":
+                    old_base = group.get("initial_lr", group["lr"])
+                    new_base = new.get("initial_lr", new["lr"])
+                    factor = new_base / old_base if old_base else 1.0
+                    group["lr"] *= factor
+                    if "initial_lr" in group:
+                        group["initial_lr"] = new_base
+                    if hasattr(schedule, "base_lrs") and index < len(schedule.base_lrs):
+                        schedule.base_lrs[index] *= factor
+                    last = getattr(schedule, "_last_lr", None)
+                    if isinstance(last, list) and index < len(last):
+                        last[index] = group["lr"]
+                else:
+                    group[name] = new[name]
+            applied.append(change.key)
+        return applied
+
+
+def trained_steps(run_dir: Path) -> int:
+    """The highest training step ``RUN_DIR/metrics.jsonl`` records (0 when none)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return 0
+    steps = [r.get("step", 0) for r in read_metrics(path) if not r.get("event") and isinstance(r.get("step"), int)]
+    return max(steps, default=0)
+
+
+def _peek_step(path: Path) -> int | None:
+    """The ``progress.step`` of a checkpoint, read from its header only (``None`` if unreadable)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            tree = json.loads((handle.metadata() or {})[TREE_KEY])
+        progress = dict(dict(tree["$dict"])["progress"]["$dict"])
+        return int(progress["step"])
+    except Exception:  # any unreadable header: the caller treats the file as not newer
+        return None
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``, ... whichever does not exist yet."""
+    candidate, k = path, 1
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.name}-{k}")
+    return candidate
+
+
+def _first_sentence(text: str) -> str:
+    """The first sentence of an error message (up to a full stop before a capital letter)."""
+    for index in range(len(text) - 2):
+        if text[index] == "." and text[index + 1] == " " and text[index + 2].isupper():
+            return text[: index + 1]
+    return text

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -551,3 +552,86 @@ def test_prune_keeps_everything_when_fewer_than_keep_last(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == [checkpoint_name(0), checkpoint_name(3)]
     assert len(prune_checkpoints(tmp_path, keep_last=0)) == 2
     assert list_checkpoints(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- integrity, disk full, leftovers
+
+
+def test_every_checkpoint_records_a_digest_that_load_verifies(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from jemkit.checkpoint import DIGEST_KEY
+
+    path = save_checkpoint(tmp_path / "ck.safetensors", {"w": torch.arange(6.0), "n": 3}, {"recipe": "r"})
+    with safe_open(str(path), framework="pt") as handle:
+        record = json.loads(handle.metadata()[DIGEST_KEY])
+    assert record["algorithm"] == "sha256" and set(record["tensors"]) == {"w"}
+    loaded = load_checkpoint(path)
+    assert loaded.verified and loaded.metadata == {"recipe": "r"}  # the digest is not user metadata
+
+
+def test_an_edited_header_value_is_named_even_when_the_file_stays_valid(tmp_path: Path) -> None:
+    from jemkit.errors import CheckpointIntegrityError
+
+    path = save_checkpoint(tmp_path / "ck.safetensors", {"step": 3, "w": torch.ones(2)}, {"recipe": "lr: 0.1"})
+    data = path.read_bytes()
+    edited = data.replace(b"lr: 0.1", b"lr: 0.9")  # same length: still a well-formed safetensors file
+    assert edited != data
+    path.write_bytes(edited)
+    for loader in (load_checkpoint, read_metadata):
+        with pytest.raises(CheckpointIntegrityError, match="header") as error:
+            loader(path)
+        assert str(path) in str(error.value)
+    skeleton = data.replace(b'\\"step\\",3', b'\\"step\\",4')  # the saved step itself (JSON in JSON)
+    assert skeleton != data
+    path.write_bytes(skeleton)
+    with pytest.raises(CheckpointIntegrityError):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_written_before_digests_loads_unverified() -> None:
+    old = list_checkpoints(REPO_ROOT / "tests" / "fixtures" / "run_before_refactor" / "checkpoints")[-1]
+    loaded = load_checkpoint(old)
+    assert not loaded.verified and loaded.state["progress"]["step"] == 3
+
+
+def test_disk_full_names_path_and_bytes_and_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from jemkit import checkpoint as module
+    from jemkit.errors import DiskFullError
+
+    path = save_checkpoint(tmp_path / "ck.safetensors", {"version": 1})
+    before = path.read_bytes()
+
+    def full(handle: Any, data: bytes) -> None:
+        handle.write(data[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "_write_data", full)
+    with pytest.raises(DiskFullError) as error:
+        save_checkpoint(path, {"version": 2, "w": torch.ones(1000)})
+    message = str(error.value)
+    assert str(path) in message and "file system is full" in message and "previous ck.safetensors is untouched" in message
+    needed = int(re.search(r"needed ([\d,]+) bytes", message).group(1).replace(",", ""))
+    assert needed > 4000  # the 1000 float32 values and the header
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_temporaries_of_killed_writes_are_removed_and_set_aside_never_replaces(tmp_path: Path) -> None:
+    from jemkit.checkpoint import remove_temporaries, set_aside
+
+    kept = save_checkpoint(tmp_path / checkpoint_name(4), {"s": 4})
+    stale = tmp_path / f".{checkpoint_name(6)}.4242.0badc0de.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "notes.tmp"  # not a name jemkit writes
+    other.write_text("mine")
+    assert remove_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and other.exists() and kept.exists()
+    first = set_aside(kept, "corrupt")
+    assert first.name == "corrupt_step_000004.safetensors" and list_checkpoints(tmp_path) == []
+    again = save_checkpoint(tmp_path / checkpoint_name(4), {"s": 44})
+    second = set_aside(again, "corrupt")
+    assert second.name == "corrupt_step_000004-2.safetensors"
+    assert load_checkpoint(first).state == {"s": 4} and load_checkpoint(second).state == {"s": 44}

@@ -171,3 +171,65 @@ def test_sigterm_writes_a_checkpoint_and_the_run_resumes(tmp_path):
     )
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((out / "summary.json").read_text())["steps"] == stopped_at + 3
+
+
+# --------------------------------------------------------------------------- giving up, and how to go on
+
+
+def test_a_diverged_run_records_its_end_and_the_printed_resume_continues(cli, tmp_path):
+    import re
+    import shlex
+
+    out = tmp_path / "run"
+    result = cli(
+        "run", RECIPES / "jem_digits.yaml", "--out", out, *TINY_DIGITS,
+        "guard.max_abs_loss=0.001", "guard.max_rollbacks=1",
+    )
+    assert result.code == 2, result.err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["rollbacks"] == 1
+    assert [h["step"] for h in summary["history"]] == [1, 1] and "max_abs_loss" in summary["reason"]
+    events = [r for r in read_metrics(out / "metrics.jsonl") if r.get("event")]
+    final = events[-1]
+    assert final["event"] == "diverged" and final["parked_at_step"] == 0 and len(final["history"]) == 2
+    parked = load_checkpoint(list_checkpoints(out / "checkpoints")[-1]).state["progress"]
+    assert len(parked["rollback_events"]) == 2 and parked["lr_scale"] == 0.25  # the rollback made all the same
+    (command,) = re.findall(r"`(jemkit [^`]+)`", " ".join(result.err.split()))
+    assert command.endswith("guard.max_rollbacks=5")
+    again = cli(*shlex.split(command)[1:])  # as printed: it trips again (same recipe), with 3 more rollbacks
+    assert again.code == 2 and "not recovered after 5 rollback(s)" in " ".join(again.err.split())
+    rollbacks = [r["rollbacks"] for r in read_metrics(out / "metrics.jsonl") if r.get("event") == "rollback"]
+    assert rollbacks == [1, 3, 4, 5]
+    fixed = cli(*shlex.split(command)[1:], "guard.max_abs_loss=1e8")  # the same command with a recipe fix
+    assert fixed.code == 0, fixed.err
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+class NanTransition:
+    """A plugin whose transition returns NaN chains."""
+
+    @hookimpl
+    def jemkit_register_transitions(self, registry):
+        from jemkit.contracts import StepResult, Transition
+
+        class Broken(Transition):
+            def step(self, x, energy_fn):
+                energy = energy_fn(x)
+                return StepResult(x=x * math.nan, energy=energy.detach(), grad_norm=torch.zeros(()))
+
+        registry.register("nan_step", lambda params, context: Broken(), description="returns NaN chains")
+
+
+def test_a_transition_that_returns_nan_is_named_not_the_learning_rate(tmp_path):
+    plugins = load_plugins([("nan_plugin", NanTransition())], entry_points=False)
+    cfg = load_recipe(
+        RECIPES / "jem_digits.yaml",
+        [*TINY_DIGITS, "sampler.transition.name=nan_step", "guard.max_rollbacks=1"],
+    )
+    trainer = Trainer(plugins, cfg, tmp_path / "run")
+    trainer.prepare_run_dir()
+    with pytest.raises(DivergenceError) as error:
+        trainer.fit()
+    message = str(error.value)
+    assert "nan_step" in message and "chains" in message and "the LR is not the cause" in message
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"

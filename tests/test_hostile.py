@@ -105,3 +105,113 @@ def test_binary_garbage_recipe_is_a_clear_error(tmp_path_factory, data):
     recipe = folder / "garbage.yaml"
     recipe.write_bytes(data)
     _attempt(folder / "run", recipe, [])
+
+
+# --------------------------------------------------------------------------- the issue's hostile inputs
+
+import pytest  # noqa: E402
+
+from jemkit.config import to_yaml  # noqa: E402
+
+HOSTILE = [
+    # (override, words the one-paragraph error must contain)
+    ("seed=99999999999999999999999", ["seed must be an integer from 0 to 4294967295"]),
+    ("seed=-1", ["seed must be an integer"]),
+    ("device=mps", ["device 'mps'", "device=cpu"]),
+    ("device=meta", ["cpu, cuda, cuda:N or mps"]),
+    ("train=5", ["section 'train' must be a mapping", "got 5"]),
+    ("guard=0", ["section 'guard' must be a mapping"]),
+    ("sampler.init.size=1e10", ["sampler.init.size"]),
+    ("sampler.init.size=10000000000", ["sampler.init.size=10000000000", "bytes of memory", "chains fit"]),
+    ("description='${evil:x}'", ["description", "resolver jemkit does not know"]),
+    ("description=${nope}", ["description", "refers to a key that does not exist"]),
+    ("description=${description}", ["description", "refers to itself"]),
+    ("description=${oc.env:JEMKIT_TEST_SURELY_UNSET}", ["JEMKIT_TEST_SURELY_UNSET", "set the variable"]),
+    ("name=../../x", ["name '../../x' is not a plain name"]),
+    ("name=/tmp/elsewhere", ["is not a plain name"]),
+]
+
+
+@pytest.mark.parametrize("override, words", HOSTILE, ids=[o for o, _ in HOSTILE])
+def test_each_hostile_input_of_the_issue_is_a_clear_error(tmp_path, override, words):
+    try:
+        cfg = load_recipe(RECIPES / "jem_digits.yaml", [*TINY_DIGITS, "train.max_steps=1", override])
+        Trainer(PLUGINS, cfg, tmp_path / "run")
+    except JemkitError as exc:
+        message = str(exc)
+    else:
+        pytest.fail(f"{override} was accepted")
+    for word in words:
+        assert word in message, (word, message)
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").rglob("*.safetensors"))
+
+
+def test_interpolations_in_a_recipe_file_are_checked_when_it_loads(tmp_path):
+    text = (RECIPES / "jem_digits.yaml").read_text()
+    for value, words in (("'${evil:x}'", "resolver"), ("'${model.nope}'", "does not exist"), ("'${description}'", "itself")):
+        recipe = tmp_path / "r.yaml"
+        recipe.write_text(f"description: {value}\n" + "\n".join(l for l in text.splitlines() if not l.startswith("description")))
+        try:
+            load_recipe(recipe)
+        except JemkitError as exc:
+            assert "description" in str(exc) and words in str(exc), str(exc)
+        else:
+            pytest.fail(f"{value} was accepted")
+
+
+def test_values_from_the_environment_stay_interpolations(monkeypatch):
+    monkeypatch.setenv("JEMKIT_TEST_SECRET", "hunter2")
+    cfg = load_recipe(
+        RECIPES / "jem_digits.yaml",
+        ["description=${oc.env:JEMKIT_TEST_SECRET}", "name=${oc.env:JEMKIT_TEST_NAME,digits}", "data.noise_std=${oc.env:JEMKIT_TEST_NOISE,0.03}"],
+    )
+    assert cfg.description == "hunter2"  # the run itself uses the value ...
+    text = to_yaml(cfg)
+    assert "hunter2" not in text  # ... but the stored recipe holds the interpolation
+    assert "${oc.env:JEMKIT_TEST_SECRET}" in text and "${oc.env:JEMKIT_TEST_NOISE,0.03}" in text
+    from jemkit.config import environment_variables
+
+    assert environment_variables(cfg) == ["JEMKIT_TEST_NAME", "JEMKIT_TEST_NOISE", "JEMKIT_TEST_SECRET"]
+
+
+# --------------------------------------------------------------------------- fuzzing --resume
+
+from conftest import run_cli  # noqa: E402
+
+_resumed_run: dict[str, object] = {}
+
+
+def _trained_run(tmp_path_factory) -> object:
+    if "path" not in _resumed_run:
+        out = tmp_path_factory.mktemp("fuzz_resume") / "run"
+        result = run_cli("run", RECIPES / "jem_digits.yaml", "--out", out, *TINY_DIGITS, "train.max_steps=2")
+        assert result.code == 0, result.err
+        _resumed_run["path"] = out
+    return _resumed_run["path"]
+
+
+checkpoints = st.one_of(
+    st.none(), st.sampled_from(["last", "best", "0", "2", "-1", "1e3", "../x", "", "step_000002.safetensors"]),
+    st.text(alphabet=string.printable, max_size=12),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pairs=st.lists(st.tuples(keys, values), max_size=2), which=checkpoints)
+def test_random_resume_overrides_and_checkpoints_end_in_clear_error_or_valid_run(tmp_path_factory, pairs, which):
+    import shutil
+
+    source = _trained_run(tmp_path_factory)
+    run = tmp_path_factory.mktemp("resume") / "run"
+    shutil.copytree(source, run)
+    args = ["run", "--resume", run, *[f"{key}={_format(value)}" for key, value in pairs], "train.max_steps=3"]
+    if which is not None:
+        args += ["--checkpoint", which]
+    try:
+        result = run_cli(*args)  # only a JemkitError (exit 2, one paragraph) may come out, never a traceback
+    except SystemExit as exc:  # argparse's usage error (an option-like --checkpoint value)
+        assert exc.code == 2
+        return
+    assert result.code in (0, 2), result.err
+    if result.code == 2:
+        assert "error:" in result.err and "Traceback" not in result.err

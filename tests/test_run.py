@@ -191,3 +191,218 @@ def test_full_digits_recipe_reaches_accuracy_floor(cli, tmp_path):
     records = read_metrics(out / "metrics.jsonl")
     last = [r for r in records if "train/energy_samples" in r][-1]
     assert abs(last["train/energy_gap"]) < 5.0, "data and sample energies stay close in a healthy run"
+
+
+# --------------------------------------------------------------------------- runs you can trust: no dead ends
+
+import os  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+from conftest import ROOT, run_cli  # noqa: E402
+from jemkit.checkpoint import checkpoint_name, read_metadata  # noqa: E402
+
+#: A tiny run that checkpoints every step (keeping all six).
+STEPWISE = [*TINY_DIGITS[:-5], "train.max_steps=4", "train.log_every=1", "train.samples_per_class=2",
+            "train.sample_extra_steps=0", "train.checkpoint_every_steps=1", "train.keep_checkpoints=6"]
+
+
+def suggested(text: str) -> list[list[str]]:
+    """The ``jemkit ...`` commands a message suggests (between backticks), as argument lists."""
+    return [shlex.split(found)[1:] for found in re.findall(r"`(jemkit [^`]+)`", " ".join(text.split()))]
+
+
+@pytest.fixture(scope="module")
+def stepwise_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("stepwise") / "run"
+    result = run_cli("run", RECIPES / "jem_digits.yaml", "--out", out, *STEPWISE)
+    assert result.code == 0, result.err
+    return out
+
+
+@pytest.fixture
+def run_copy(stepwise_run, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(stepwise_run, copy)
+    return copy
+
+
+def test_checkpoint_selects_what_resume_starts_from_and_sets_later_ones_aside(run_copy):
+    result = run_cli("run", "--resume", run_copy, "--checkpoint", "2", "train.max_steps=3")
+    assert result.code == 0, result.err
+    assert "step 2" in " ".join(result.out.split())
+    names = {p.name for p in (run_copy / "checkpoints").iterdir()}
+    assert {"superseded_step_000003.safetensors", "superseded_step_000004.safetensors"} <= names
+    assert [r["step"] for r in read_metrics(run_copy / "metrics.jsonl") if "train/loss" in r] == [1, 2, 3]
+    resume = [r for r in read_metrics(run_copy / "metrics.jsonl") if r.get("event") == "resume"][-1]
+    assert resume["checkpoint"] == checkpoint_name(2) and resume["superseded"]
+    for which in ("best", "last", str(run_copy / "checkpoints" / checkpoint_name(1))):
+        again = run_cli("run", "--resume", run_copy, "--checkpoint", which, "train.max_steps=3")
+        assert again.code == 0, (which, again.err)
+    missing = run_cli("run", "--resume", run_copy, "--checkpoint", "99")
+    assert missing.code == 2 and "steps available" in missing.err
+    alone = run_cli("run", RECIPES / "jem_digits.yaml", "--checkpoint", "2")
+    assert alone.code == 2 and "--resume" in alone.err
+
+
+def test_an_lr_override_on_resume_is_applied_and_recorded(run_copy):
+    result = run_cli("run", "--resume", run_copy, "--checkpoint", "2", "optimizer.lr=0.5", "train.max_steps=4")
+    assert result.code == 0, result.err
+    records = read_metrics(run_copy / "metrics.jsonl")
+    lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+    # warm-up over 100 steps: lr = base * (step + 1) / 100, with the new base from step 3 on
+    old = lrs[1] * 100 / 2
+    assert lrs[2] == pytest.approx(old * 3 / 100) and lrs[3] == pytest.approx(0.5 * 4 / 100)
+    assert lrs[4] == pytest.approx(0.5 * 5 / 100)
+    assert "lr: 0.5" in (run_copy / "config.yaml").read_text()
+    event = [r for r in records if r.get("event") == "resume"][-1]
+    assert {"key": "optimizer.lr", "old": pytest.approx(old), "new": 0.5} in event["changes"]
+    assert "optimizer.lr=0.5" in event["overrides"]
+    state = load_checkpoint(run_copy / "checkpoints" / checkpoint_name(4)).state
+    assert state["optimizer"]["param_groups"][0]["initial_lr"] == 0.5
+    assert "lr: 0.5" in read_metadata(run_copy / "checkpoints" / checkpoint_name(4))["jemkit.recipe"]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.backbone.feature_dim=32", "model.backbone.feature_dim"),
+        ("seed=7", "seed"),
+        ("sampler.init.size=300", "sampler.init.size"),
+        ("train.batch_size=8", "train.batch_size"),
+        ("schedule.warmup_steps=5", "schedule.warmup_steps"),
+        ("optimizer.name=sgd", "optimizer.name"),
+        ("data.noise_std=0.1", "data.noise_std"),
+    ],
+)
+def test_an_override_resume_cannot_apply_is_refused_naming_the_key(run_copy, override, key):
+    before = (run_copy / "config.yaml").read_text()
+    result = run_cli("run", "--resume", run_copy, override)
+    assert result.code == 2 and "Traceback" not in result.err
+    message = " ".join(result.err.split())
+    assert f"--resume cannot change {key}" in message and "nothing was changed" in message
+    assert (run_copy / "config.yaml").read_text() == before, "config.yaml never claims what the run does not use"
+    (command,) = suggested(result.err)
+    assert command[:2] == ["run", str(run_copy / "config.yaml")] and override in command
+
+
+def test_the_new_run_an_override_refusal_suggests_starts_as_printed(run_copy):
+    result = run_cli("run", "--resume", run_copy, "model.backbone.feature_dim=8", "train.max_steps=1")
+    (command,) = suggested(result.err)
+    started = run_cli(*command)
+    assert started.code == 0, started.err
+    new_dir = Path(command[command.index("--out") + 1])
+    assert "feature_dim: 8" in (new_dir / "config.yaml").read_text()
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(run_copy):
+    for path in (run_copy / "checkpoints").iterdir():
+        path.unlink()
+    stale = run_copy / "checkpoints" / f".{checkpoint_name(0)}.4242.0badc0de.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    (run_copy / "metrics.jsonl").write_text('{"step": 0, "epoch": 0, "event": "precision"}\n')
+    (run_copy / "summary.json").unlink()
+    fresh = run_cli("run", RECIPES / "jem_digits.yaml", "--out", run_copy, *STEPWISE)
+    assert fresh.code == 2
+    (command,) = suggested(fresh.err)
+    assert command == ["run", "--resume", str(run_copy)]
+    resumed = run_cli(*command)
+    assert resumed.code == 0, resumed.err
+    assert "step 0" in resumed.out and not stale.exists()
+    assert json.loads((run_copy / "summary.json").read_text())["steps"] == 4
+
+
+def test_a_run_whose_checkpoints_were_removed_is_not_silently_restarted(run_copy):
+    for path in (run_copy / "checkpoints").iterdir():
+        path.unlink()
+    result = run_cli("run", "--resume", run_copy)
+    message = " ".join(result.err.split())
+    assert result.code == 2 and "no checkpoint" in message and "up to step 4" in message
+    (command,) = suggested(result.err)
+    assert command[:2] == ["run", str(run_copy / "config.yaml")]
+    restarted = run_cli(*command)
+    assert restarted.code == 0, restarted.err
+
+
+@pytest.mark.parametrize("where", ["beneath_a_file", "under_proc", "read_only"])
+def test_an_out_that_cannot_be_written_is_a_clear_error(tmp_path, where):
+    if where == "beneath_a_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "run"
+        words = ["is a file, not a folder"]
+    elif where == "under_proc":
+        if not Path("/proc/self").is_dir():
+            pytest.skip("no /proc")
+        out = Path("/proc/jemkit-test/run")
+        words = ["cannot hold new folders"]
+    else:
+        if not shutil.which("unshare"):
+            pytest.skip("needs unshare for a read-only mount")
+        mount = tmp_path / "ro"
+        mount.mkdir()
+        probe = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--mount", "mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(mount)],
+            capture_output=True, text=True, timeout=60,
+        )
+        if probe.returncode != 0:
+            pytest.skip(f"cannot mount a read-only file system here: {probe.stderr[-200:]}")
+        script = (
+            f"mount -t tmpfs -o ro tmpfs {shlex.quote(str(mount))} && exec {shlex.quote(sys.executable)} -m jemkit run "
+            f"{shlex.quote(str(RECIPES / 'jem_digits.yaml'))} --out {shlex.quote(str(mount / 'run'))}"
+        )
+        proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "read-only" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        return
+    result = run_cli("run", RECIPES / "jem_digits.yaml", "--out", out, *TINY_DIGITS)
+    assert result.code == 2 and "Traceback" not in result.err
+    message = " ".join(result.err.split())
+    assert "Cannot write the run directory" in message and all(w in message for w in words), message
+
+
+def test_the_resume_event_and_the_environment_variables_are_recorded(run_copy, monkeypatch):
+    monkeypatch.setenv("JEMKIT_TEST_NOTE", "private value")
+    result = run_cli("run", "--resume", run_copy, "train.max_steps=5", "description=${oc.env:JEMKIT_TEST_NOTE}")
+    assert result.code == 0, result.err
+    events = [r for r in read_metrics(run_copy / "metrics.jsonl") if r.get("event")]
+    resume = next(e for e in events if e["event"] == "resume")
+    assert resume["step"] == 4 and resume["checkpoint"] == checkpoint_name(4)
+    assert {"key": "train.max_steps", "old": 4, "new": 5} in resume["changes"]
+    assert {"event": "environment", "variables": ["JEMKIT_TEST_NOTE"]}.items() <= next(
+        e for e in events if e["event"] == "environment").items()
+    assert "private value" not in (run_copy / "config.yaml").read_text()
+    metadata = read_metadata(run_copy / "checkpoints" / checkpoint_name(5))
+    assert "private value" not in json.dumps(metadata) and json.loads(metadata["jemkit.environment"]) == ["JEMKIT_TEST_NOTE"]
+
+
+HOLD_LOCK = """
+import sys, time
+from jemkit.run_lock import RunLock
+RunLock(sys.argv[1], "training").acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_writer_is_refused_by_name_and_eval_can_write_elsewhere(run_copy, tmp_path, monkeypatch):
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_copy)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for args in (("run", "--resume", run_copy), ("eval", run_copy, "--only", "acc")):
+            result = run_cli(*args)
+            message = " ".join(result.err.split())
+            assert result.code == 2 and f"being written by process {holder.pid} on host" in message, message
+        monkeypatch.chdir(tmp_path)
+        eval_elsewhere = [c for c in suggested(result.err) if c[0] == "eval"]
+        (command,) = eval_elsewhere
+        evaluated = run_cli(*command, "--only", "acc")
+        assert evaluated.code == 0, evaluated.err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli("run", "--resume", run_copy, "train.max_steps=5").code == 0  # the dead holder never blocks

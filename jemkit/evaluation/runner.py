@@ -14,8 +14,10 @@ evaluation replaces another. This module only orchestrates those steps.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,14 @@ import torch
 
 from jemkit import __version__
 from jemkit.build import resolve_device
+from jemkit.checkpoint import command as command_text
 from jemkit.config import read_run_config
 from jemkit.contracts import DataSplits
 from jemkit.errors import EvalError
 from jemkit.evaluation.baseline import check_same_test_set
 from jemkit.evaluation.components import EvalComponents, build_components, defence_transition
 from jemkit.evaluation.inputs import Inputs, prepare_inputs
-from jemkit.evaluation.outdir import EVAL_DIR, choose_target, publish, temporary_folder
+from jemkit.evaluation.outdir import EVAL_DIR, choose_target, is_inside, publish, temporary_folder
 from jemkit.evaluation.progress import Steps
 from jemkit.evaluation.protocol import protocol
 from jemkit.evaluation.report import write_report
@@ -38,6 +41,7 @@ from jemkit.evaluation.rundir import LoadedRun, load_run
 from jemkit.evaluation.sections import Evaluation
 from jemkit.evaluation.settings import EvalSettings, resolve_settings
 from jemkit.plugin_manager import PluginSet
+from jemkit.run_lock import RunLock
 
 __all__ = ["EVAL_DIR", "Evaluation", "evaluate"]
 
@@ -62,6 +66,9 @@ def evaluate(
     if baseline_dir is not None:
         check_same_test_set(plugins, cfg, run_dir, read_run_config(Path(baseline_dir)), Path(baseline_dir))
     target = choose_target(run_dir, out)
+    lock = _run_lock(run_dir, target)  # one writer per run directory (None: the report goes elsewhere)
+    if lock is not None:
+        lock.check_free()  # fail before the long work when another process writes the run
     device = resolve_device(settings.device)
     steps = Steps(progress)
     runs, data = _open_runs(plugins, run_dir, baseline_dir, settings, device, steps)
@@ -76,19 +83,51 @@ def evaluate(
     if progress is not None and hasattr(progress, "phases"):
         progress.phases = Evaluation.planned_phases(settings, len(runs), components.extractor is not None)
     inputs = prepare_inputs(settings, data, data_name, components, steps, device)
-    tmp = temporary_folder(run_dir, target)
-    try:
-        evaluation = Evaluation(plugins, runs, settings, inputs, tmp, steps, device)
-        results = evaluation.run_all()
-        report = _report(results, evaluation, settings, inputs, components, data_name, runs[0], device)
-        report["command"] = command
-        _check_finite(report)
-        write_report(tmp, report)
-        target = publish(tmp, target, run_dir, chosen=out is not None)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _held(lock, run_dir):
+        tmp = temporary_folder(run_dir, target)
+        try:
+            evaluation = Evaluation(plugins, runs, settings, inputs, tmp, steps, device)
+            results = evaluation.run_all()
+            report = _report(results, evaluation, settings, inputs, components, data_name, runs[0], device)
+            report["command"] = command
+            _check_finite(report)
+            write_report(tmp, report)
+            target = publish(tmp, target, run_dir, chosen=out is not None)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return report, target
+
+
+def _run_lock(run_dir: Path, target: Path) -> RunLock | None:
+    """The run directory's lock when the report goes inside it (``RUN_DIR/eval``), else ``None``."""
+    if not is_inside(target, run_dir):
+        return None
+    outside = command_text("eval", run_dir, "--out", f"{run_dir.resolve().name}-eval")
+    return RunLock(
+        run_dir,
+        "evaluation",
+        hint=f"Wait for it to finish, or evaluate meanwhile into a folder outside the run directory: `{outside}`.",
+    )
+
+
+@contextlib.contextmanager
+def _held(lock: RunLock | None, run_dir: Path) -> Iterator[None]:
+    """Hold ``lock`` (if any) while the evaluation writes into the run directory."""
+    if lock is None:
+        yield
+        return
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise EvalError(
+            f"Cannot write the evaluation into {str(run_dir)!r} ({exc.strerror or exc}). Evaluate into a folder "
+            f"elsewhere with --out."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _data_name(cfg: Any) -> str:

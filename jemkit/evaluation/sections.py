@@ -3,7 +3,10 @@ after refinement), calibration, OOD detection, robustness (PGD, optionally again
 defence) and generation quality; each writes its figures into the evaluation's output folder.
 
 Every section starts from the checkpoint's batch-norm buffers and reseeds the RNGs, so its
-numbers do not depend on which other sections ran.
+numbers do not depend on which other sections ran. Each number measured on test inputs gets a
+``<key>_ci95: [low, high]`` sibling: a seeded percentile-bootstrap interval
+(:mod:`~jemkit.evaluation.bootstrap`) over those inputs. The same seed and input count give the
+same resampling indices, so the intervals of a run and its baseline are paired.
 """
 
 from __future__ import annotations
@@ -16,14 +19,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from jemkit.evaluation import bootstrap as bs
 from jemkit.evaluation import figures
 from jemkit.evaluation.calibration import expected_calibration_error, reliability_bins
+from jemkit.evaluation.temperature import temperature_scaled_ece
 from jemkit.evaluation.components import defence_transition, fresh_chain_init, refine_transition, run_transition_cfg
 from jemkit.evaluation.detection import auroc, fpr_at_tpr
 from jemkit.errors import EvalError
+from jemkit.evaluation.diversity import class_diversity, precision_recall, relative_diversity
 from jemkit.evaluation.features import extract
 from jemkit.evaluation.generation import buffer_contents, fresh_samples, grid_order, sample_quality
 from jemkit.evaluation.inputs import Inputs
+from jemkit.evaluation.kid import kernel_inception_distance
+from jemkit.evaluation.metric_names import metric_label
 from jemkit.evaluation.pgd import pgd_attack
 from jemkit.evaluation.progress import Steps
 from jemkit.evaluation.protocol import DEFENCE_ATTACKS, describe_transition
@@ -34,10 +42,12 @@ from jemkit.evaluation.settings import EvalSettings
 from jemkit.performance import autocast
 from jemkit.plugin_manager import PluginSet
 from jemkit.rng import seed_everything
-from jemkit.samples import save_sample_grid
 
 #: Folder of the figures, inside the evaluation's output folder.
 FIGURES = "figures"
+
+#: Sample-quality metrics whose labels name the feature extractor (``report.json``'s ``labels``).
+LABELLED_METRICS = ("fid", "inception_score", "kid", "precision", "recall", "diversity")
 
 
 def _batches(x: Tensor, size: int) -> list[Tensor]:
@@ -75,35 +85,61 @@ class Evaluation:
     def _seed(self) -> None:
         seed_everything(self.s.seed)
 
+    @staticmethod
+    def planned_phases(settings: EvalSettings, runs: int, reference: bool) -> int:
+        """The number of progress tasks an evaluation of ``runs`` runs opens (``phase k/N``)."""
+        per_run = sum(1 for section in ("acc", "ood", "robustness") if section in settings.sections)
+        per_run += 2 if "generation" in settings.sections else 0  # sampling, then sample quality
+        return per_run * runs + (1 if reference else 0)
+
+    def _add_ci(
+        self, target: dict[str, Any], key: str, statistic: bs.Statistic, *arrays: Any, groups: Any = None
+    ) -> None:
+        """``target[key + "_ci95"] = [low, high]``, the seeded bootstrap interval (nothing with ``--bootstrap 0``)."""
+        if self.s.n_boot > 0:
+            low, high = bs.bootstrap_ci(statistic, *arrays, n_boot=self.s.n_boot, seed=self.s.seed, groups=groups)
+            target[f"{key}_ci95"] = [low, high]
+
     # ------------------------------------------------------------------ accuracy and calibration
     def accuracy(self, run: LoadedRun, probs: Tensor) -> dict[str, Any]:
         x, y, s = self.inputs.x_test, self.inputs.y_test, self.s
         transition, info = refine_transition(self.plugins, s, run)
         self._seed()
-        correct = 0
+        refined_hits = []
         with self.steps.task(f"{run.name}: refined accuracy ({s.refine_steps} steps)", len(x)) as advance:
             for xb, yb in zip(_batches(x, s.batch_size), _batches(y, s.batch_size)):
                 refined = refine(run.model, xb.to(self.device), transition, s.refine_steps, run.sampler.model_mode)
                 with torch.no_grad():
-                    correct += int((run.model(refined).argmax(1).cpu() == yb).sum())
+                    refined_hits.append(run.model(refined).argmax(1).cpu() == yb)
                 advance(len(xb))
-        nll = -torch.log(probs[torch.arange(len(y)), y].clamp(min=1e-300)).mean()
-        return {
-            "clean": float((probs.argmax(1) == y).double().mean()),
-            "refined": correct / len(y),
-            "nll": float(nll),
+        clean_hits, hits = probs.argmax(1) == y, torch.cat(refined_hits)
+        nll = -torch.log(probs[torch.arange(len(y)), y].clamp(min=1e-300))  # per input, nats
+        result: dict[str, Any] = {
+            "clean": float(clean_hits.double().mean()),
+            "refined": float(hits.double().mean()),
+            "nll": float(nll.mean()),
             "n": len(y),
             "refine": {"steps": s.refine_steps, "transition": info},
         }
+        for key, per_input in (("clean", clean_hits), ("refined", hits), ("nll", nll)):
+            self._add_ci(result, key, bs.mean, per_input)
+        return result
 
     def calibration(self, run: LoadedRun, probs: Tensor) -> dict[str, Any]:
         y, bins = self.inputs.y_test, self.s.bins
         ece = expected_calibration_error(probs, y, bins)
         table = reliability_bins(probs, y, bins)
         figures.reliability_diagram(
-            table, ece, run.name, self._figure(run, "reliability", f"{run.name}_reliability.png")
+            table, ece, f"{run.name} (step {run.step})", self._figure(run, "reliability", f"{run.name}_reliability.png")
         )
-        return {"ece": ece, "bins": bins, "n": len(y), "reliability": table}
+        result: dict[str, Any] = {"ece": ece, "bins": bins, "n": len(y), "reliability": table}
+        confidence, predicted = probs.max(dim=1)
+        self._add_ci(result, "ece", bs.ece(bins), confidence, predicted == y)
+        scaled = temperature_scaled_ece(probs, y, bins, seed=self.s.seed)
+        result["temperature_scaled"] = {k: scaled[k] for k in ("ece", "temperature", "fitted_on")}
+        scaled_confidence = scaled["probs"].max(dim=1).values
+        self._add_ci(result["temperature_scaled"], "ece", bs.ece(bins), scaled_confidence, predicted == y)
+        return result
 
     # ------------------------------------------------------------------ OOD detection
     def ood(self, run: LoadedRun) -> dict[str, Any]:
@@ -116,18 +152,22 @@ class Evaluation:
             for name, x_out in self.inputs.ood.items():
                 outside = _finite(ood_scores(run.model, x_out, s.batch_size, self.device), run, f"OOD set {name!r}")
                 advance(len(x_out))
-                result[name] = {
-                    score: {
+                result[name] = {}
+                for score in SCORES:
+                    entry = {
                         "auroc": auroc(inside[score], outside[score]),
                         "fpr95": fpr_at_tpr(inside[score], outside[score]),
                     }
-                    for score in SCORES
-                }
+                    pair = (inside[score], outside[score])
+                    self._add_ci(entry, "auroc", bs.auroc, *pair, groups=(0, 1))
+                    self._add_ci(entry, "fpr95", bs.fpr_at_tpr(0.95), *pair, groups=(0, 1))
+                    result[name][score] = entry
                 figures.score_histograms(
                     inside,
                     outside,
-                    f"{run.name}: test vs {name}",
+                    f"{run.name} (step {run.step}): {len(inside_x)} test inputs vs {len(x_out)} of {name}",
                     self._figure(run, f"ood_{name}", f"{run.name}_ood_{name}.png"),
+                    aurocs={score: result[name][score]["auroc"] for score in SCORES},
                 )
         return result
 
@@ -183,38 +223,67 @@ class Evaluation:
                 for e in eps[norm]:
                     judges = [run.model] + ([defended] if defended else [])
                     plain = self._attack_correct(run.model, judges, norm, e)
-                    result["attacks"][norm].append({"eps": e, "accuracy": float(plain[0].double().mean())})
+                    point: dict[str, Any] = {"eps": e, "accuracy": float(plain[0].double().mean())}
+                    self._add_ci(point, "accuracy", bs.mean, plain[0])
+                    result["attacks"][norm].append(point)
                     advance(n)
                     if defended:
                         (adaptive,) = self._attack_correct(defended, [defended], norm, e)
-                        transfer = plain[1]
-                        result["defended"][norm].append(
-                            {
-                                "eps": e,
-                                "accuracy": float(adaptive.double().mean()),
-                                "transfer": float(transfer.double().mean()),
-                                "worst": float((adaptive & transfer).double().mean()),
-                            }
-                        )
+                        hits = {"accuracy": adaptive, "transfer": plain[1], "worst": adaptive & plain[1]}
+                        point = {"eps": e, **{key: float(h.double().mean()) for key, h in hits.items()}}
+                        for key, h in hits.items():
+                            self._add_ci(point, key, bs.mean, h)
+                        result["defended"][norm].append(point)
                         advance(n)
         return result
 
     # ------------------------------------------------------------------ generation
     def _quality(self, x: Tensor, y: Tensor | None, source: str, run: LoadedRun) -> dict[str, Any]:
+        """FID, IS and (labelled samples) class accuracy of ``x``; KID (mean, sd over subsets),
+        diversity relative to the reference images (per class for labelled samples) and
+        precision/recall against them; bootstrap intervals over the samples where they are unbiased."""
         inputs, s = self.inputs, self.s
         assert inputs.extractor is not None and inputs.reference is not None
+        assert inputs.reference_features is not None and inputs.reference_labels is not None
         features, logits = extract(inputs.extractor, x, s.batch_size, self.device)
         labels = y if (y is not None and inputs.extractor.data_set == str(run.cfg.data.name)) else None
-        result = sample_quality(features, logits, inputs.reference, min(s.is_splits, len(x)), labels)
+        splits = min(s.is_splits, len(x))
+        result = sample_quality(features, logits, inputs.reference, splits, labels)
+        if s.n_boot > 0:
+            self._add_ci(result["inception_score"], "mean", bs.inception_score(splits), logits)
+            if labels is not None:
+                self._add_ci(result, "class_accuracy", bs.mean, logits.argmax(1) == labels)
+        # Distances and kernels on the evaluation's device (Inception features: 10,000 x 2,048).
+        on_device, reference = features.to(self.device), inputs.reference_features.to(self.device)
+        if len(features) >= 2:
+            kid = kernel_inception_distance(on_device, reference, s.kid_subsets, s.kid_subset_size, s.seed)
+            result["kid"] = {"mean": kid[0], "std": kid[1]}
+            result["diversity"] = relative_diversity(on_device, reference)
+        if len(features) > s.pr_k and len(reference) > s.pr_k:
+            result["precision"], result["recall"] = precision_recall(reference, on_device, s.pr_k)
+        if y is not None and len(features) >= 2:  # the labels the chains were conditioned on
+            num_classes = int(run.context.num_classes or 1)
+            result["class_diversity"] = class_diversity(
+                on_device, y, reference, inputs.reference_labels, num_classes
+            )
+        result["labels"] = {key: metric_label(s.feature_extractor, key) for key in LABELLED_METRICS}
         result["protocol"] = {
             "samples": len(x),
             "source": source,
             "feature_extractor": s.feature_extractor,
             "weights": inputs.extractor.weights,
             "reference": inputs.reference_info,
-            "is_splits": min(s.is_splits, len(x)),
+            "is_splits": splits,
         }
         return result
+
+    def _grid(
+        self, run: LoadedRun, key: str, x: Tensor, per_row: int, start: str, rows: list[str] | None
+    ) -> None:
+        """A labelled sample grid: header with run, checkpoint step and chain start, one label per row."""
+        header = f"{run.name}, checkpoint step {run.step}\n{start}"
+        header += "\none row per class" if rows is not None else "\nunconditional: rows are not classes"
+        figures.sample_grid(x, self._figure(run, key, f"{run.name}_{key}.png"), per_row, header, rows)
 
     def generation(self, run: LoadedRun) -> dict[str, Any]:
         s = self.s
@@ -234,42 +303,45 @@ class Evaluation:
                 unconditional = fresh_samples(*common, s.n_samples, None, *batching, cuda_graphs=graphs)
         grid_n = min(len(unconditional), num_classes * s.grid_per_class)
         per_row = min(s.grid_per_class, per_class)  # one row per class
-        save_sample_grid(
-            conditional[grid_order(y, per_row)],
-            self._figure(run, "fresh_conditional", f"{run.name}_fresh_conditional.png"),
-            nrow=per_row,
-        )
-        save_sample_grid(
-            unconditional[:grid_n],
-            self._figure(run, "fresh_unconditional", f"{run.name}_fresh_unconditional.png"),
-            nrow=s.grid_per_class,
-        )
-        result: dict[str, Any] = {
-            "fresh": {
-                "conditional": self._quality(
-                    conditional, y, f"fresh chains, class-conditional E(x, y), {per_class} per class: {chain}", run
-                ),
-                "unconditional": self._quality(unconditional, None, f"fresh chains, unconditional E(x): {chain}", run),
-            },
-            "buffer": None,
-        }
+        fresh_start = f"init U(-1, 1), {s.sgld_steps} steps of {transition}"
+        class_rows = [f"class {k}" for k in range(num_classes)]
+        conditional_grid = conditional[grid_order(y, per_row)]
+        self._grid(run, "fresh_conditional", conditional_grid, per_row, f"{fresh_start}, E(x, y)", class_rows)
+        self._grid(run, "fresh_unconditional", unconditional[:grid_n], s.grid_per_class, f"{fresh_start}, E(x)", None)
         stored = buffer_contents(run.sampler)
+        x_buf = y_buf = None
         if stored is not None:
             buffer, labels = stored
             pick = torch.randperm(len(buffer), generator=torch.Generator().manual_seed(s.seed))[: s.n_samples]
             x_buf, y_buf = buffer[pick], (labels[pick] if labels is not None else None)
-            if len(x_buf) >= 2:
+        sets = 2 + (1 if x_buf is not None and len(x_buf) >= 2 else 0)
+        result: dict[str, Any] = {"fresh": {}, "buffer": None}
+        with self.steps.task(f"{run.name}: sample quality (features, KID, precision/recall)", sets) as advance:
+            result["fresh"]["conditional"] = self._quality(
+                conditional, y, f"fresh chains, class-conditional E(x, y), {per_class} per class: {chain}", run
+            )
+            advance(1)
+            result["fresh"]["unconditional"] = self._quality(
+                unconditional, None, f"fresh chains, unconditional E(x): {chain}", run
+            )
+            advance(1)
+            if sets == 3:
+                assert x_buf is not None
                 source = (
                     f"{len(x_buf)} random entries of the run's replay buffer ({len(buffer)} slots) at the checkpoint"
                 )
                 result["buffer"] = self._quality(x_buf, y_buf, source, run)
-                per_row = s.grid_per_class
-                if labels is not None:  # a class-conditional buffer: one row per class
-                    per_row = min(per_row, int((labels == 0).sum()))
-                    x_grid = buffer[grid_order(labels, per_row)]
-                else:
-                    x_grid = x_buf[: min(len(x_buf), num_classes * per_row)]
-                save_sample_grid(x_grid, self._figure(run, "buffer", f"{run.name}_buffer.png"), nrow=per_row)
+                advance(1)
+        if result["buffer"] is not None and stored is not None and x_buf is not None:
+            buffer, labels = stored
+            per_row = s.grid_per_class
+            start = f"replay buffer ({len(buffer)} chains) as stored at the checkpoint"
+            if labels is not None:  # a class-conditional buffer: one row per class
+                per_row = min(per_row, int((labels == 0).sum()))
+                self._grid(run, "buffer", buffer[grid_order(labels, per_row)], per_row, start, class_rows)
+            else:
+                x_grid = x_buf[: min(len(x_buf), num_classes * per_row)]
+                self._grid(run, "buffer", x_grid, per_row, start, None)
         return result
 
     # ------------------------------------------------------------------ all runs
