@@ -15,8 +15,9 @@ its raw bytes, so every numeric numpy dtype and byte order round-trips).
 
 Every checkpoint records a digest of its payload (``jemkit.digest``: one SHA-256 per tensor and
 one over the skeleton and user metadata, see :mod:`jemkit.digest`); :func:`load_checkpoint`
-verifies it and names each damaged entry. Checkpoints written before digests existed load
-unverified (:attr:`Checkpoint.verified` is ``False``).
+verifies it and names each damaged entry. Format ``1.1`` (written now) requires the digest, so a
+damaged header cannot pass as an old checkpoint; format ``1`` checkpoints, written before digests
+existed, load unverified (:attr:`Checkpoint.verified` is ``False``).
 
 The last section is the one place that names a run directory's checkpoints and finds them
 (:func:`checkpoint_name`, :func:`list_checkpoints`, :func:`resolve_checkpoint`), removes the
@@ -53,8 +54,10 @@ from jemkit.errors import CheckpointError, CheckpointIntegrityError
 TREE_KEY = "jemkit.tree"
 #: Header metadata key holding the checkpoint format version.
 FORMAT_KEY = "jemkit.format"
-#: The format version this module writes and reads.
-FORMAT_VERSION = "1"
+#: The format version this module writes: format 1 plus a payload digest, which it requires.
+FORMAT_VERSION = "1.1"
+#: Older format versions this module still reads (format 1: written before digests, loaded unverified).
+LEGACY_FORMATS = frozenset({"1"})
 #: Header metadata key holding the payload digests (:mod:`jemkit.digest`).
 DIGEST_KEY = digest.DIGEST_KEY
 #: Metadata keys jemkit writes itself; user metadata may not use them.
@@ -404,12 +407,15 @@ def _header_metadata(path: Path, metadata: dict[str, str] | None) -> dict[str, s
             "safetensors.torch.load_file instead."
         )
     version = metadata[FORMAT_KEY]
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSION and version not in LEGACY_FORMATS:
+        readable = ", ".join(repr(v) for v in sorted({FORMAT_VERSION, *LEGACY_FORMATS}))
         raise CheckpointError(
-            f"{path} uses jemkit checkpoint format {version!r}, but this jemkit reads format "
-            f"{FORMAT_VERSION!r}. Load it with the jemkit version that wrote it (see the "
+            f"{path} uses jemkit checkpoint format {version!r}, but this jemkit reads formats "
+            f"{readable}. Load it with the jemkit version that wrote it (see the "
             "checkpoint's metadata), or upgrade jemkit."
         )
+    if version == FORMAT_VERSION and DIGEST_KEY not in metadata:  # a format that always has one lost it
+        raise _integrity_error(path, [f"{digest.HEADER_ENTRY} (its digest record is missing)"])
     _verify_header(path, metadata)
     return {k: v for k, v in metadata.items() if k not in RESERVED_KEYS}
 

@@ -635,3 +635,17 @@ def test_temporaries_of_killed_writes_are_removed_and_set_aside_never_replaces(t
     second = set_aside(again, "corrupt")
     assert second.name == "corrupt_step_000004-2.safetensors"
     assert load_checkpoint(first).state == {"s": 4} and load_checkpoint(second).state == {"s": 44}
+
+
+def test_every_single_bit_flip_of_a_checkpoint_is_detected(tmp_path: Path) -> None:
+    """Header and payload alike: safetensors has no checksum, the digest catches each flip (a
+    flipped digest key cannot pass the file off as one written before digests: format 1.1 needs it)."""
+    data = write_valid(tmp_path / "good.safetensors")
+    path = tmp_path / "flipped.safetensors"
+    for position in range(len(data)):
+        for bit in range(8):
+            corrupt = bytearray(data)
+            corrupt[position] ^= 1 << bit
+            path.write_bytes(bytes(corrupt))
+            with pytest.raises(CheckpointError):
+                load_checkpoint(path)

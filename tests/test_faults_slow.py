@@ -220,7 +220,9 @@ def test_a_full_disk_at_each_kind_of_write(tmp_path, long_reference, kind):
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)),
         )
     else:
-        child = jemkit_process("run", RECIPE, "--out", out, *LONG_RUN, *extra)
+        # The TensorBoard logger is off here: its writer thread reports its own failed writes (a
+        # traceback from the tensorboard package), while this test checks jemkit's writes.
+        child = jemkit_process("run", RECIPE, "--out", out, *LONG_RUN, *extra, "loggers=[]")
         wait_for(lambda: moment(out) or child.poll() is not None, timeout=600, what=kind)
         assert child.poll() is None, "the run ended before the fault"
         if kind == "checkpoint":  # every small file still fits; the next checkpoint does not
@@ -242,6 +244,21 @@ def test_a_full_disk_at_each_kind_of_write(tmp_path, long_reference, kind):
     assert finished.code == 0, finished.err
     assert_same_training(out, long_reference)
     record("disk full", survived=True, detected=True, lost=0, write=kind)
+
+
+def test_a_full_disk_under_the_tensorboard_logger_is_still_a_clear_error(tmp_path):
+    """With ``loggers: [tensorboard]`` the first write to fail may be the logger's: the run still
+    ends with the disk-full paragraph (the package's writer thread prints its own traceback first)."""
+    out = tmp_path / "run"
+    child = jemkit_process("run", RECIPE, "--out", out, *LONG_RUN)
+    wait_for(lambda: _metrics_steps(out) >= 7 or child.poll() is not None, timeout=600, what="step 7")
+    assert child.poll() is None
+    _limit(child.pid, 0)
+    _, err = child.communicate(timeout=600)
+    message = " ".join(err.split())
+    assert child.returncode == 2 and "Could not write" in message and "file-size limit" in message, message
+    assert _all_checkpoints_verify(out)
+    record("disk full", survived=True, detected=True, lost=0, write="tensorboard events (logger on)")
 
 
 def test_a_full_disk_when_the_summary_is_written(tmp_path, long_reference, monkeypatch):

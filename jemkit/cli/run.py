@@ -37,7 +37,7 @@ from jemkit.config import (
 )
 from jemkit.disk import disk_full_error, is_no_room
 from jemkit.entry import apply_env_defaults
-from jemkit.errors import DiskFullError, Interrupted, RecipeError
+from jemkit.errors import DiskFullError, Interrupted, JemkitError, RecipeError
 from jemkit.plugin_manager import load_plugins
 from jemkit.run_lock import LOCK_NAME, RunLock
 from jemkit.stopping import StopRequested
@@ -268,13 +268,14 @@ def _train(
         finished = True
     except DiskFullError as exc:
         raise DiskFullError(f"{exc} Then continue with `{_continue_command(args, run_dir, overrides)}`.") from None
+    except JemkitError as exc:
+        if not is_no_room(exc.__cause__):
+            raise
+        # a plugin (a logger) whose write failed for lack of room: the same clear error as jemkit's own writes
+        raise _no_room(exc.__cause__, args, run_dir, overrides) from None
     except OSError as exc:
         if is_no_room(exc):
-            latest = latest_checkpoint(run_dir / "checkpoints")
-            intact = f"The newest checkpoint, {latest.name}, is intact." if latest else ""
-            where = f"{str(exc.filename)!r}" if exc.filename else f"a file in the run directory {str(run_dir)!r}"
-            error = disk_full_error(exc, exc.filename or run_dir, intact=intact, what=where)
-            raise DiskFullError(f"{error} Then continue with `{_continue_command(args, run_dir, overrides)}`.") from None
+            raise _no_room(exc, args, run_dir, overrides) from None
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise _unwritable(run_dir, exc, resume) from None
         raise
@@ -286,6 +287,15 @@ def _train(
     console.print(summary_table(summary, run_dir))
     distributed.shutdown()
     return 0
+
+
+def _no_room(exc: Any, args: argparse.Namespace, run_dir: Path, overrides: list[str]) -> DiskFullError:
+    """The error for a write of the run that failed for lack of room (``exc``: the OSError)."""
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    intact = f"The newest checkpoint, {latest.name}, is intact." if latest else ""
+    where = f"{str(exc.filename)!r}" if exc.filename else f"a file in the run directory {str(run_dir)!r}"
+    error = disk_full_error(exc, exc.filename or run_dir, intact=intact, what=where)
+    return DiskFullError(f"{error} Then continue with `{_continue_command(args, run_dir, overrides)}`.")
 
 
 def launch_local_processes(args: argparse.Namespace, run_dir: Path, errors: Console) -> int:
