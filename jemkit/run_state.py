@@ -396,7 +396,7 @@ class RunState:
         if not trained:
             return
         config = self.run_dir / "config.yaml"
-        fresh = _free_name(Path(f"{self.run_dir}-restart"))
+        fresh = free_name(Path(f"{self.run_dir}-restart"))
         aside = sorted(p.name for p in self.directory.glob(f"*_step_*{SUFFIX}")) if self.directory.is_dir() else []
         kept = f" (set-aside files there: {', '.join(aside)})" if aside else ""
         raise CheckpointError(
@@ -419,7 +419,7 @@ class RunState:
                     f"--resume cannot change {change.key} ({change.old!r} -> {change.new!r}): the optimiser keeps no "
                     f"setting {name!r} that could change mid-run, so the override would not be applied. Resume "
                     "without it, or start a new run with it: "
-                    f"`{command('run', self.run_dir / 'config.yaml', f'{change.key}={change.new}', '--out', _free_name(Path(f'{self.run_dir}-new')))}`."
+                    f"`{command('run', self.run_dir / 'config.yaml', f'{change.key}={change.new}', '--out', free_name(Path(f'{self.run_dir}-new')))}`."
                 )
 
     def apply_changes(self, changes: Sequence[Change], fresh: list[dict[str, Any]]) -> list[str]:
@@ -478,7 +478,7 @@ def _peek_step(path: Path) -> int | None:
         return None
 
 
-def _free_name(path: Path) -> Path:
+def free_name(path: Path) -> Path:
     """``path``, or ``path-2``, ``path-3``, ... whichever does not exist yet."""
     candidate, k = path, 1
     while candidate.exists():

@@ -40,6 +40,7 @@ from jemkit.entry import apply_env_defaults
 from jemkit.errors import DiskFullError, Interrupted, JemkitError, RecipeError
 from jemkit.plugin_manager import load_plugins
 from jemkit.run_lock import LOCK_NAME, RunLock
+from jemkit.run_state import free_name
 from jemkit.stopping import StopRequested
 
 #: ``--checkpoint`` of ``jemkit run --resume``.
@@ -77,15 +78,6 @@ def default_run_dir(recipe_name: str, root: Path = Path("runs")) -> Path:
     while candidate.exists():
         suffix += 1
         candidate = root / f"{recipe_name}-{stamp}-{suffix}"
-    return candidate
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``, ... whichever does not exist yet."""
-    candidate, k = path, 1
-    while candidate.exists():
-        k += 1
-        candidate = path.with_name(f"{path.name}-{k}")
     return candidate
 
 
@@ -191,7 +183,7 @@ def run_command(args: argparse.Namespace, console: Console, errors: Console) -> 
         stored = read_run_config(args.resume)
         cfg = _resume_config(args.resume, overrides)
         changes = recipe_changes(stored, cfg)
-        new_run = command("run", args.resume / "config.yaml", *overrides, "--out", _free_name(Path(f"{args.resume}-new")))
+        new_run = command("run", args.resume / "config.yaml", *overrides, "--out", free_name(Path(f"{args.resume}-new")))
         check_resume_changes(changes, new_run)
         run_dir = args.resume
         source = str(args.resume / "config.yaml")
