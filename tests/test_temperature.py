@@ -59,3 +59,15 @@ def test_cross_fit_recovers_the_temperature_that_generated_the_labels():
     assert "cross-fit" in result["fitted_on"]
     with pytest.raises(ValueError):
         cross_fitted_temperatures(logits[:3], y[:3])
+
+
+def test_each_half_is_scaled_with_the_temperature_fitted_on_the_other_half():
+    g = torch.Generator().manual_seed(3)
+    logits = 2.0 * torch.randn(200, 5, generator=g)
+    y = torch.multinomial(torch.softmax(logits / 1.7, dim=1), 1, generator=g).squeeze(1)
+    y[:100] = logits[:100].argmax(1)  # make the halves disagree: their temperatures differ
+    per_input, _ = cross_fitted_temperatures(logits.double(), y, seed=5)
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(5))
+    first, second = order[:100], order[100:]
+    assert torch.all(per_input[first] == fit_temperature(logits[second].double(), y[second]))
+    assert torch.all(per_input[second] == fit_temperature(logits[first].double(), y[first]))
