@@ -14,7 +14,10 @@ environment, so ``jemkit run --nproc N`` workers (torchrun, then ``python -m jem
 
 :func:`main` also installs the stop handlers of :mod:`jemkit.stopping` first thing, so that SIGTERM
 during start-up (imports, plugin loading, building a run) ends the command with a message and exit
-code 130 instead of killing it silently.
+code 130 instead of killing it silently. Once the command has returned, it ignores both signals
+for the little that is left (the interpreter's teardown, which can take a second after torch): at
+teardown Python puts back the default handlers, and a SIGTERM landing there would otherwise end a
+finished, fully written command with exit -15 instead of its own exit code.
 """
 
 from __future__ import annotations
@@ -50,10 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from jemkit.cli import main as cli_main
 
-        return cli_main(argv)
+        code = cli_main(argv)
     except stopping.StopRequested as stop:  # before the command started (imports, argument parsing)
         sys.stderr.write(f"stopped by {stop.name} during start-up, before the command began; nothing was written\n")
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
+    stopping.ignore_from_now_on()  # the command is over: interpreter teardown must not turn a stop into -15
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

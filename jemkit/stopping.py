@@ -59,4 +59,17 @@ def install() -> bool:
     return True
 
 
-__all__ = ["STOP_SIGNALS", "StopRequested", "install", "raise_stop", "signal_name"]
+def ignore_from_now_on() -> bool:
+    """Ignore SIGINT and SIGTERM from now on (main thread only); whether it did.
+
+    For a command that has finished its work: Python restores the default handlers during
+    interpreter teardown, so a SIGTERM landing there would kill a finished process with exit -15.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    return True
+
+
+__all__ = ["STOP_SIGNALS", "StopRequested", "ignore_from_now_on", "install", "raise_stop", "signal_name"]

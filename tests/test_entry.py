@@ -129,3 +129,21 @@ def test_nproc_workers_inherit_the_policy(monkeypatch, tmp_path):
     calls.clear()
     assert main(["run", str(recipe), "--nproc", "2", "--out", str(tmp_path / "s")]) == 0
     assert calls[0][1]["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_stop_signal_after_the_command_finished_does_not_change_its_exit_code():
+    """Once the command returned, SIGTERM is ignored: in interpreter teardown Python restores the
+    default handler, and a late SIGTERM used to end a finished, fully written run with exit -15."""
+    script = (
+        "import os, signal, sys, time\n"
+        "from jemkit.entry import main\n"
+        "code = main(['list-plugins', '--json', 'sgld'])\n"
+        "assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN\n"
+        "assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "time.sleep(0.2)\n"
+        "sys.exit(code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["name"] == "sgld"
