@@ -56,13 +56,18 @@ def _size(n: int | None) -> str:
 
 
 def disk_full_error(
-    error: OSError, path: Path | str, needed: int | None = None, intact: str = "", what: str | None = None
+    error: OSError,
+    path: Path | str,
+    needed: int | None = None,
+    intact: str = "",
+    what: str | None = None,
+    smaller: str = "fewer replay-buffer chains",
 ) -> DiskFullError:
     """The clear error for a write to ``path`` that failed with ``error`` (see :data:`NO_ROOM`).
 
     ``needed`` is the size of the write in bytes (when known); ``intact`` a sentence saying what the
     failed write left untouched (e.g. the previous checkpoint); ``what`` names the target when it is
-    not one file (default: the quoted path).
+    not one file (default: the quoted path); ``smaller`` how to write less (for a file-size limit).
     """
     path = Path(path)
     free = free_bytes(path if path.is_dir() else path.parent)
@@ -72,7 +77,7 @@ def disk_full_error(
             f"the file is larger than this process may write (file-size limit, `ulimit -f`: "
             f"{_size(limit) if limit is not None else 'set'})"
         )
-        fix = "raise the limit (`ulimit -f unlimited`) or write smaller files (fewer replay-buffer chains)"
+        fix = f"raise the limit (`ulimit -f unlimited`) or write smaller files ({smaller})"
     else:
         cause = f"the file system is full ({_size(free)} free there)"
         fix = "free space on that disk (or put the run on another with --out)"

@@ -119,8 +119,10 @@ class ResumePoint:
     #: The checkpoint restored; ``None``: the run starts from step 0 (it had no complete checkpoint).
     path: Path | None
     progress: Progress
-    #: Damaged checkpoints renamed ``corrupt_*`` (only ever reported by an error; kept for the event).
+    #: Damaged checkpoints renamed ``corrupt_*``: they did not verify, so an older one was chosen.
     set_aside: list[Path] = field(default_factory=list)
+    #: Why the newest of ``set_aside`` did not load (the first sentence of its error); ``""`` if none.
+    damage: str = ""
     #: Checkpoints of later steps than an explicitly chosen one, renamed ``superseded_*``.
     superseded: list[Path] = field(default_factory=list)
     #: The recipe changes the overrides made (``key``, ``old``, ``new``), all of them applied.
@@ -140,12 +142,19 @@ class ResumePoint:
             "overrides": self.overrides,
             "changes": self.changes,
             "superseded": [p.name for p in self.superseded],
+            "set_aside": [p.name for p in self.set_aside],
+            **({"damage": self.damage} if self.damage else {}),
         }
 
     def describe(self) -> str:
         """One line for the console."""
         where = f"{self.path} (step {self.progress.step})" if self.path else "step 0 (the run has no complete checkpoint)"
         parts = [f"resuming from {where}"]
+        if self.set_aside:
+            parts.append(
+                "set aside as damaged (renamed, not deleted; restore one from a backup under its old name to "
+                f"use it): {', '.join(p.name for p in self.set_aside)} - {self.damage}"
+            )
         if self.superseded:
             parts.append("set aside as later than the chosen checkpoint: " + ", ".join(p.name for p in self.superseded))
         if self.changes:
@@ -297,11 +306,11 @@ class RunState:
         written after it; apply the recipe ``changes`` a resumed run may make (optimiser settings:
         :meth:`apply_changes`). Every rank calls this; rank 0 chooses the checkpoint.
 
-        ``last``: the newest step checkpoint. One that does not load (damaged, truncated) is set
-        aside as ``corrupt_<name>`` (never deleted) and the resume stops with an error naming it and
-        the checkpoint the next ``--resume`` continues from, so that no progress is dropped
-        unnoticed. A run directory without any step checkpoint starts from step 0, unless its
-        metrics show training beyond step 0 (then the checkpoints were removed: an error).
+        ``last``: the newest step checkpoint that verifies. Newer ones that do not load (damaged,
+        truncated) are set aside as ``corrupt_<name>`` (never deleted); the console line and the
+        ``resume`` event name them and why. A run directory without any step checkpoint starts from
+        step 0, unless its metrics show training beyond step 0 (then the checkpoints were removed:
+        an error).
         ``best``, a step or a path: that checkpoint; step checkpoints (and ``best.safetensors``) of
         later steps are set aside as ``superseded_<name>``, since the run's history now branches.
         """
@@ -327,6 +336,7 @@ class RunState:
             path=path,
             progress=progress,
             set_aside=[Path(p) for p in decision["set_aside"]],
+            damage=decision.get("damage", ""),
             superseded=[Path(p) for p in decision["superseded"]],
             changes=[c.as_record() for c in changes],
             overrides=list(overrides),
@@ -344,7 +354,7 @@ class RunState:
             try:
                 loaded = load_checkpoint(candidates[0], map_location=device)
             except CheckpointError as damaged:
-                raise self._set_aside_damaged(candidates, damaged) from None
+                return self._skip_damaged(candidates, damaged, device)
             return {"path": str(candidates[0]), "set_aside": [], "superseded": []}, loaded
         path = resolve_checkpoint(self.run_dir, which)
         loaded = load_checkpoint(path, map_location=device)
@@ -358,36 +368,30 @@ class RunState:
             superseded.append(str(set_aside(best, "superseded")))
         return {"path": str(path), "set_aside": [], "superseded": superseded}, loaded
 
-    def _set_aside_damaged(self, candidates: list[Path], damaged: CheckpointError) -> CheckpointError:
-        """Set aside the newest checkpoint (it does not load) and any older ones that do not either;
-        the error that says so and names the checkpoint the next resume continues from."""
+    def _skip_damaged(
+        self, candidates: list[Path], damaged: CheckpointError, device: Any
+    ) -> tuple[dict[str, Any], Checkpoint | None]:
+        """The newest checkpoint does not load: set it aside as ``corrupt_<name>``, and every older one
+        that does not load either, and continue from the newest that verifies (the ``set_aside`` and
+        ``damage`` of the decision say what was skipped and why). None verifies: step 0 if the run
+        never trained past it, else the error of :meth:`_check_nothing_lost`."""
         moved = [set_aside(candidates[0], "corrupt")]
-        next_good: Path | None = None
         for older in candidates[1:]:
             try:
-                load_checkpoint(older)
+                loaded = load_checkpoint(older, map_location=device)
             except CheckpointError:
                 moved.append(set_aside(older, "corrupt"))
                 continue
-            next_good = older
-            break
-        names = ", ".join(f"{p.name} (was {p.name.split('_', 1)[1]})" for p in moved)
-        again = command("run", "--resume", self.run_dir)
-        if next_good is not None:
-            older_step = checkpoint_step(next_good) or 0
-            lost = checkpoint_step(candidates[0]) or 0
-            span = f"step {lost}" if lost == older_step + 1 else f"steps {older_step + 1} to {lost}"
-            way = (
-                f"`{again}` continues from {next_good.name}, the newest checkpoint that verifies ({span} "
-                "trained again)"
-            )
-        else:
-            way = f"no older checkpoint verifies either; `{again}` then reports what is left"
-        return CheckpointError(
-            f"Not resumed: {_first_sentence(str(damaged))} Set aside (renamed, not deleted): {names}. To go on, "
-            "restore the damaged file "
-            f"from a backup under its old name, or {way}; `--checkpoint STEP|best|PATH` picks another one."
-        )
+            return self._skipped(older, moved, damaged), loaded
+        self._check_nothing_lost()
+        return self._skipped(None, moved, damaged), None
+
+    @staticmethod
+    def _skipped(path: Path | None, moved: list[Path], damaged: CheckpointError) -> dict[str, Any]:
+        """The decision to resume from ``path`` (``None``: step 0) past the damaged ``moved`` files."""
+        damage = _first_sentence(str(damaged))
+        chosen = None if path is None else str(path)
+        return {"path": chosen, "set_aside": [str(p) for p in moved], "superseded": [], "damage": damage}
 
     def _check_nothing_lost(self) -> None:
         """Before a resume from step 0: an error when the run had trained past step 0 (its checkpoints

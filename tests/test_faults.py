@@ -156,7 +156,7 @@ def test_every_random_bit_flip_of_a_checkpoint_is_detected(tmp_path, reference):
 
 def test_a_flipped_exponent_bit_in_a_weight_stops_eval_sample_and_resume(tmp_path, reference):
     """The issue's silent corruption: one exponent bit of one weight. Nothing loads it; resume sets
-    the file aside and the command it prints continues from the newest checkpoint that verifies."""
+    the file aside, says so, and continues from the newest checkpoint that verifies."""
     import shutil
 
     run = tmp_path / "run"
@@ -175,14 +175,11 @@ def test_a_flipped_exponent_bit_in_a_weight_stops_eval_sample_and_resume(tmp_pat
         result = run_cli(*args)
         text = " ".join(result.err.split())
         assert result.code == 2 and "is damaged" in text and f"model.{name}" in text, result.err
-    first = run_cli("run", "--resume", run)
-    text = " ".join(first.err.split())
-    assert first.code == 2 and str(newest) in text and f"model.{name}" in text
-    assert not newest.exists() and (newest.parent / f"corrupt_{newest.name}").exists()
-    (command,) = suggested_commands(first.err)[-1:]
-    assert command == ["run", "--resume", str(run)]
-    second = run_cli(*command)
-    assert second.code == 0, second.err
+    resumed = run_cli("run", "--resume", run)
+    text = " ".join((resumed.out + resumed.err).split())
+    assert resumed.code == 0, resumed.err
+    assert f"corrupt_{newest.name}" in text and f"model.{name}" in text and "set aside as damaged" in text
+    assert (newest.parent / f"corrupt_{newest.name}").exists()
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
     assert_same_training(run, reference)  # the steps after the older checkpoint were trained again, exactly
 
@@ -239,6 +236,32 @@ def test_a_full_disk_during_a_checkpoint_write_is_a_clear_error_and_keeps_the_pr
     again = run_cli(*command)  # with the limit gone, the printed command continues
     assert again.code == 0, again.err
     assert json.loads((run / "summary.json").read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_full_disk_under_eval_and_sample_is_a_clear_error_that_leaves_nothing_partial(tmp_path, reference, command):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    png = tmp_path / "samples.png"
+    sample = ("sample", run, "--out", png, "--n", "16")
+    args = ("eval", run, "--only", "acc,calibration") if command == "eval" else sample
+    child = jemkit_process(*args, preexec_fn=_limit_file_size(1024))  # the first figure or PNG is larger
+    _, err = child.communicate(timeout=600)
+    message = " ".join(err.split())
+    assert child.returncode == 2 and "Traceback" not in err, err
+    assert "Could not write" in message and "file-size limit" in message, message
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before, "no partial report or temporary left"
+    if command == "eval":
+        assert "The partial report was removed" in message
+        (again,) = suggested_commands(err)[-1:]
+        assert again == ["eval", str(run), "--only", "acc,calibration"]
+        assert run_cli(*again).code == 0  # the printed command, without the limit
+        assert (run / "eval" / "latest" / "report.json").is_file()
+    else:
+        assert str(png) in message and not list(tmp_path.glob("*.png*")) and not list(tmp_path.glob(".*.tmp"))
 
 
 # --------------------------------------------------------------------------- signals

@@ -220,8 +220,7 @@ def test_a_full_disk_at_each_kind_of_write(tmp_path, long_reference, kind):
             preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)),
         )
     else:
-        # The TensorBoard logger is off here: its writer thread reports its own failed writes (a
-        # traceback from the tensorboard package), while this test checks jemkit's writes.
+        # The TensorBoard logger is off here (its own row is the next test): this one checks jemkit's writes.
         child = jemkit_process("run", RECIPE, "--out", out, *LONG_RUN, *extra, "loggers=[]")
         wait_for(lambda: moment(out) or child.poll() is not None, timeout=600, what=kind)
         assert child.poll() is None, "the run ended before the fault"
@@ -248,7 +247,7 @@ def test_a_full_disk_at_each_kind_of_write(tmp_path, long_reference, kind):
 
 def test_a_full_disk_under_the_tensorboard_logger_is_still_a_clear_error(tmp_path):
     """With ``loggers: [tensorboard]`` the first write to fail may be the logger's: the run still
-    ends with the disk-full paragraph (the package's writer thread prints its own traceback first)."""
+    ends with the disk-full paragraph, and the package's writer thread prints no traceback of its own."""
     out = tmp_path / "run"
     child = jemkit_process("run", RECIPE, "--out", out, *LONG_RUN)
     wait_for(lambda: _metrics_steps(out) >= 7 or child.poll() is not None, timeout=600, what="step 7")
@@ -257,6 +256,7 @@ def test_a_full_disk_under_the_tensorboard_logger_is_still_a_clear_error(tmp_pat
     _, err = child.communicate(timeout=600)
     message = " ".join(err.split())
     assert child.returncode == 2 and "Could not write" in message and "file-size limit" in message, message
+    assert "Traceback" not in err and "Exception in thread" not in err, err
     assert _all_checkpoints_verify(out)
     record("disk full", survived=True, detected=True, lost=0, write="tensorboard events (logger on)")
 

@@ -92,8 +92,15 @@ def test_resume_errors_are_clear(cli, tmp_path):
     checkpoint = list_checkpoints(run / "checkpoints")[-1]
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])
     (run / "checkpoints" / "best.safetensors").unlink()
-    corrupt = cli("run", "--resume", run)
-    assert corrupt.code == 2 and str(checkpoint) in corrupt.err.replace("\n", "") and "Traceback" not in corrupt.err
+    older = list_checkpoints(run / "checkpoints")[-2]
+    resumed = cli("run", "--resume", run)  # the truncated newest is set aside; the older one continues
+    said = " ".join((resumed.out + resumed.err).split())
+    assert resumed.code == 0 and "Traceback" not in resumed.err, resumed.err
+    assert f"resuming from {older}" in said and f"corrupt_{checkpoint.name}" in said
+    assert "is not a readable safetensors file" in said  # why it was set aside
+    assert (checkpoint.parent / f"corrupt_{checkpoint.name}").exists() and checkpoint.exists()  # trained again
+    (event,) = [r for r in read_metrics(run / "metrics.jsonl") if r.get("event") == "resume"]
+    assert event["checkpoint"] == older.name and event["set_aside"] == [f"corrupt_{checkpoint.name}"]
     for path in list_checkpoints(run / "checkpoints"):
         path.unlink()
     empty = cli("run", "--resume", run)

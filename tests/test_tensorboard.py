@@ -234,3 +234,41 @@ def test_a_tiny_run_and_its_resume_write_what_metrics_jsonl_holds(tmp_path):
     resumed = run_cli("run", "--resume", out, "train.max_steps=5")
     assert resumed.code == 0, resumed.err
     assert_scalars_match(out, read_metrics(out / "metrics.jsonl"))
+
+
+#: Fills the disk (a file-size limit of 0) under a SummaryWriter, with or without the plugin's
+#: excepthook filter; prints the errno the main thread gets.
+NO_ROOM_PROBE = r"""
+import importlib, resource, sys, time
+from torch.utils.tensorboard import SummaryWriter
+if sys.argv[2] == "plugin":
+    importlib.import_module("jemkit_plugins.loggers.tensorboard")._quiet_writer_thread_without_room()
+writer = SummaryWriter(log_dir=sys.argv[1], flush_secs=0.1)
+writer.add_scalar("loss", 1.0, 1)
+writer.flush()
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+for step in range(2, 100):
+    try:
+        writer.add_scalar("loss", 1.0, step)
+    except OSError as error:
+        print("main thread:", error.errno)
+        break
+    time.sleep(0.05)
+"""
+
+
+@pytest.mark.parametrize("mode", ["plugin", "bare"])
+def test_a_full_disk_in_the_writer_thread_reaches_the_main_thread_without_a_traceback(tmp_path, mode):
+    """The package's writer thread prints ``Exception in thread`` when its write finds no room; the
+    plugin's filter silences exactly that, and the error still reaches the main thread (EFBIG, 27)."""
+    import errno
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", NO_ROOM_PROBE, str(tmp_path / "events"), mode],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"main thread: {errno.EFBIG}"
+    assert ("Exception in thread" in done.stderr) == (mode == "bare"), done.stderr

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from jemkit import __version__
+from jemkit.disk import disk_full_error, is_no_room
 from jemkit.errors import Interrupted, JemkitError
 from jemkit.plugin_manager import PluginSet
 
@@ -123,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except JemkitError as exc:
         errors.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        print_traceback(exc, errors, debug)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # any command's write that found no room (run and eval say more themselves)
+        if not is_no_room(exc):
+            raise
+        what = repr(str(exc.filename)) if exc.filename else "an output file of this command"
+        error = disk_full_error(exc, exc.filename or os.getcwd(), what=what, smaller="fewer or smaller outputs")
+        errors.print(f"[bold red]error:[/bold red] {escape(str(error))}", highlight=False, soft_wrap=True)
         print_traceback(exc, errors, debug)
         return EXIT_USER_ERROR
     finally:

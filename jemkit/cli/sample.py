@@ -89,6 +89,7 @@ def sample_command(args: argparse.Namespace, console: Console, errors: Console) 
     # Fail fast on the run directory and the checkpoint, before the heavy imports and the build.
     read_run_config(args.run_dir)
     from jemkit.checkpoint import resolve_checkpoint
+    from jemkit.disk import disk_full_error, is_no_room
 
     checkpoint_path = resolve_checkpoint(args.run_dir, args.checkpoint)
 
@@ -133,7 +134,13 @@ def sample_command(args: argparse.Namespace, console: Console, errors: Console) 
         path=args.out, model=model, samples=x, data=data, context=context, title=title
     )
     if drawn is None and len(shape) == 3:
-        save_sample_grid(x, args.out, nrow=math.ceil(math.sqrt(args.n)))
+        try:
+            save_sample_grid(x, args.out, nrow=math.ceil(math.sqrt(args.n)))
+        except OSError as error:
+            if not is_no_room(error):
+                raise
+            intact = "No partial PNG was left there."
+            raise disk_full_error(error, args.out, intact=intact, what=repr(str(args.out)), smaller="fewer samples, --n") from None
     elif drawn is None:
         raise JemkitError(
             f"jemkit sample draws images (C, H, W) as a grid and other inputs through plugins that implement "

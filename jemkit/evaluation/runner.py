@@ -29,7 +29,8 @@ from jemkit.build import resolve_device
 from jemkit.checkpoint import command as command_text
 from jemkit.config import read_run_config
 from jemkit.contracts import DataSplits
-from jemkit.errors import EvalError
+from jemkit.disk import disk_full_error, is_no_room
+from jemkit.errors import DiskFullError, EvalError
 from jemkit.evaluation.baseline import check_same_test_set
 from jemkit.evaluation.components import EvalComponents, build_components, defence_transition
 from jemkit.evaluation.inputs import Inputs, prepare_inputs
@@ -83,7 +84,7 @@ def evaluate(
     if progress is not None and hasattr(progress, "phases"):
         progress.phases = Evaluation.planned_phases(settings, len(runs), components.extractor is not None)
     inputs = prepare_inputs(settings, data, data_name, components, steps, device)
-    with _held(lock, run_dir):
+    with _held(lock, run_dir), _no_room_is_clear(target, command):
         tmp = temporary_folder(run_dir, target)
         try:
             evaluation = Evaluation(plugins, runs, settings, inputs, tmp, steps, device)
@@ -97,6 +98,25 @@ def evaluate(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return report, target
+
+
+#: What a report write that ran out of room leaves behind.
+REPORT_INTACT = "The partial report was removed; the run, its checkpoints and earlier reports are untouched."
+
+
+@contextlib.contextmanager
+def _no_room_is_clear(target: Path, command: str | None) -> Iterator[None]:
+    """A report write that fails for lack of room (disk, quota, ``ulimit -f``) becomes the clear
+    :class:`~jemkit.errors.DiskFullError`; the partial report is gone by then."""
+    try:
+        yield
+    except OSError as error:
+        if not is_no_room(error):
+            raise
+        again = f" Then evaluate again: `{command}`." if command else ""
+        what = f"the evaluation report {str(target)!r}"
+        clear = disk_full_error(error, error.filename or target.parent, intact=REPORT_INTACT, what=what, smaller="--only")
+        raise DiskFullError(f"{clear}{again}") from None
 
 
 def _run_lock(run_dir: Path, target: Path) -> RunLock | None:

@@ -83,10 +83,39 @@ def _open(run: RunView) -> Any:
         )
         _writers[key] = (run, None)
         return None
+    _quiet_writer_thread_without_room()
     step = int(getattr(run, "step", 0) or 0)
     writer = SummaryWriter(log_dir=str(events_dir(run.run_dir)), purge_step=step + 1 if step > 0 else None)
     _writers[key] = (run, writer)
     return writer
+
+
+def _quiet_writer_thread_without_room() -> None:
+    """Keep the ``tensorboard`` package's writer thread from printing a traceback when its write
+    finds no room (disk, quota, ``ulimit -f``). The thread keeps the error and the writer raises it
+    in the main thread at the next ``add_*``, ``flush`` or ``close``; jemkit then reports it as the
+    disk-full paragraph it gives for its own writes. Other threads and other errors go to the
+    excepthook that was installed before (installed once per process)."""
+    global _excepthook_installed
+    if _excepthook_installed:
+        return
+    import threading
+
+    from jemkit.disk import is_no_room
+
+    previous = threading.excepthook
+
+    def excepthook(args: threading.ExceptHookArgs) -> None:
+        writer_thread = type(args.thread).__name__ == "_AsyncWriterThread"
+        if writer_thread and args.exc_value is not None and is_no_room(args.exc_value):
+            return
+        previous(args)
+
+    threading.excepthook = excepthook
+    _excepthook_installed = True
+
+
+_excepthook_installed = False
 
 
 def purge_after(writer: Any, step: int) -> None:
