@@ -78,7 +78,7 @@ class LrSpike:
     def jemkit_step_end(self, run, step, metrics):
         if step == self.step and not self.fired:
             self.fired = True
-            for group in run.experiment.optimizer.param_groups:
+            for group in run.optimizer.param_groups:
                 group["lr"] = 1.0e6
 
 
