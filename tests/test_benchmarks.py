@@ -175,3 +175,43 @@ def test_lever_rounds_take_turns_and_keep_the_median_round():
     assert step_cost.lever_rows(results)[1]["reference-style/JEM"] == "-"  # timed with the first row only
     with pytest.raises(ValueError, match="rounds"):
         step_cost.measure_levers(RECIPES / "jem_digits.yaml", TINY, rounds=0)
+
+
+#: Fixed phase timings (ms) for the floor test below, in place of measured ones.
+FIXED_MS = {
+    "jem_iteration": 12.0, "sampler_step": 1.5, "sampler_call": 3.5, "update": 4.0,
+    "plain_iteration": 3.0, "optimizer_step": 0.5, "reference_iteration": 30.0,
+}
+
+
+@pytest.mark.parametrize(
+    "extra, calls, k, floor",
+    [
+        # one sampler call (p(x)) of K=2 steps: 1 x 2 x 1.5 + 4.0 = 7.0 ms
+        ([], 1, 2, 7.0),
+        # loss.pxy adds a class-conditional call, K=3: 2 x 3 x 1.5 + 4.0 = 13.0 ms
+        (["loss.pxy=1.0", "sampler.steps=3"], 2, 3, 13.0),
+    ],
+)
+def test_floor_and_ratios_by_hand_from_fixed_timings(monkeypatch, extra, calls, k, floor):
+    """``floor = sampler calls x K x sampler step + update`` (the module docstring), worked out by
+    hand from fixed timings, not with the code's own formula."""
+    step_cost = _load_step_cost()
+
+    def fixed(phases, *, repeats, warmup, iters, sync):
+        return {
+            name: {"median_ms": FIXED_MS[name], "min_ms": FIXED_MS[name], "max_ms": FIXED_MS[name],
+                   "runs_ms": [FIXED_MS[name]] * repeats}
+            for name in phases
+        }
+
+    monkeypatch.setattr(step_cost, "time_phases", fixed)
+    result = step_cost.measure(
+        RECIPES / "jem_digits.yaml", [*TINY, *extra], repeats=1, warmup=0, iters=1, device="cpu", threads=1
+    )
+    assert (result["sampler_calls"], result["K"]) == (calls, k)
+    assert result["floor_ms"] == pytest.approx(floor)
+    assert result["ratio_jem_floor"] == pytest.approx(12.0 / floor)
+    assert result["ratio_jem_plain"] == pytest.approx(4.0)  # 12.0 / 3.0
+    if "ratio_reference_jem" in result:
+        assert result["ratio_reference_jem"] == pytest.approx(2.5)  # 30.0 / 12.0

@@ -111,8 +111,10 @@ def test_example_recipe_trains(cli, tmp_path):
     assert result.code == 0, result.err + result.out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed", summary
-    # 40 steps reach 0.36-0.51 over seeds 1-8 on CPU (the recipe's seed 1: 0.38); chance is 0.1.
-    assert summary["test/acc"] > 0.25, summary
+    # 40 steps reach 0.36-0.51 over seeds 1-8 on CPU (the recipe's seed 1: 0.38, observed again
+    # 2026-11-30); chance is 0.1. The floor leaves 0.05 for CPU differences; a sampler or loss
+    # regression that stalls training (chance level) breaks it.
+    assert summary["test/acc"] >= 0.33, summary
     cfg = OmegaConf.load(out / "config.yaml")
     assert cfg.sampler.transition.name == "clipped_sgld"
     assert cfg.sampler.transition.max_grad_norm == 0.5

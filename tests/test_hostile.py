@@ -6,11 +6,15 @@ Never a traceback: every failure a user can cause must surface as a ``JemkitErro
 from __future__ import annotations
 
 import math
+import re
 import string
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+import pytest
+import torch
 
 from jemkit.config import load_recipe
 from jemkit.errors import JemkitError
@@ -62,8 +66,20 @@ def _format(value) -> str:
     return str(value)
 
 
-def _attempt(tmp: Path, recipe: Path, overrides: list[str]) -> None:
-    """Build and run one step; only JemkitError may escape."""
+def _names_a_key(message: str, keys: list[str]) -> bool:
+    """Whether ``message`` names one of the dotted ``keys`` or a section on its path (``'v'`` for an
+    unknown ``v.w``, ``sampler.init`` for ``sampler.init.size``) as a whole word."""
+    for key in keys:
+        parts = key.split(".")
+        for prefix in (".".join(parts[:i]) for i in range(1, len(parts) + 1)):
+            if re.search(rf"(?<![\w.]){re.escape(prefix)}(?!\w)", message):
+                return True
+    return False
+
+
+def _attempt(tmp: Path, recipe: Path, overrides: list[str], keys: list[str] | None = None) -> None:
+    """Build and run one step; only JemkitError may escape, and with ``keys`` its message names
+    one of them (the offending override)."""
     try:
         cfg = load_recipe(recipe, [*TINY_DIGITS, "train.max_steps=1", *overrides])
         trainer = Trainer(PLUGINS, cfg, tmp)
@@ -71,13 +87,51 @@ def _attempt(tmp: Path, recipe: Path, overrides: list[str]) -> None:
         trainer.fit()
     except JemkitError as exc:
         assert str(exc).strip(), "an error must say what is wrong"
+        if keys is not None:
+            assert _names_a_key(str(exc), keys), (overrides, str(exc))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pairs=st.lists(st.tuples(keys, values), min_size=1, max_size=3))
 def test_random_overrides_end_in_clear_error_or_valid_run(tmp_path_factory, pairs):
     overrides = [f"{key}={_format(value)}" for key, value in pairs]
-    _attempt(tmp_path_factory.mktemp("run"), RECIPES / "jem_digits.yaml", overrides)
+    _attempt(tmp_path_factory.mktemp("run"), RECIPES / "jem_digits.yaml", overrides, keys=[key for key, _ in pairs])
+
+
+def test_names_a_key_matches_whole_keys_and_sections_only():
+    assert _names_a_key("unknown top-level key(s) 'v'. A recipe's sections are ...", ["v.w"])
+    assert _names_a_key("sampler.init: size must be at least 1", ["sampler.init.size"])
+    assert not _names_a_key("move the setting", ["v.w"])  # 'v' inside a word is not the key
+    assert not _names_a_key("train.batch_size=15 does not split", ["batch_size"])
+
+
+#: Valid overrides and what each must change in the built experiment ``e``.
+VALID = [
+    ("sampler.steps=3", lambda e: e.sampler.steps == 3),
+    ("sampler.model_mode=train", lambda e: e.sampler.model_mode == "train"),
+    ("sampler.init.reinit_freq=0.5", lambda e: e.sampler.init.reinit_freq == 0.5),
+    ("sampler.init.class_conditional=true", lambda e: e.sampler.init.num_classes == 10),
+    ("sampler.transition.step_size=0.5", lambda e: e.sampler.transition.step_size == 0.5),
+    ("loss.px=0.5", lambda e: e.loss.params.px == 0.5),
+    ("loss.pxy=1.0", lambda e: e.loss.params.pxy == 1.0),
+    ("optimizer.lr=0.01", lambda e: e.optimizer.defaults["lr"] == 0.01),
+    ("schedule.warmup_steps=0", lambda e: e.optimizer.param_groups[0]["lr"] == 1e-3),
+    ("model.backbone.feature_dim=8", lambda e: e.model.head.fc.in_features == 8),
+    ("model.backbone.norm=batch", lambda e: any(isinstance(m, torch.nn.BatchNorm2d) for m in e.model.modules())),
+    ("train.batch_size=8", lambda e: e.train.batch_size == 8),
+]
+
+
+@pytest.mark.parametrize("override, applied", VALID, ids=[o for o, _ in VALID])
+def test_valid_overrides_build_and_train_one_step(tmp_path, override, applied):
+    cfg = load_recipe(RECIPES / "jem_digits.yaml", [*TINY_DIGITS, "train.max_steps=1", override])
+    trainer = Trainer(PLUGINS, cfg, tmp_path / "run")
+    assert applied(trainer.experiment), override
+    batch = next(trainer._batches(0))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    metrics = trainer.train_step(batch)
+    assert math.isfinite(float(metrics["loss"])), metrics
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.model.parameters())), "one step trains"
 
 
 recipe_lines = st.lists(
@@ -215,3 +269,5 @@ def test_random_resume_overrides_and_checkpoints_end_in_clear_error_or_valid_run
     assert result.code in (0, 2), result.err
     if result.code == 2:
         assert "error:" in result.err and "Traceback" not in result.err
+        if which is None and pairs:  # only the overrides can be at fault: the message names one of them
+            assert _names_a_key(result.err, [key for key, _ in pairs]), (pairs, result.err)
