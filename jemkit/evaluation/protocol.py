@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jemkit.evaluation import intervals
 from jemkit.evaluation.inputs import Inputs
 from jemkit.evaluation.metric_names import metric_label
 from jemkit.evaluation.pgd import STEP_FACTOR
@@ -137,8 +138,9 @@ def protocol(
             f"transition. Real-data floor: {inputs.real_info}.{own}"
             + bootstrap_sentence(s, "the samples")
             + (
-                f" Intervals for {is_} and class accuracy only: a resample repeats samples, which biases FID and "
-                "the distance-based numbers (repeated samples sit at distance 0); KID's sd describes its noise."
+                f" The bootstrap covers {is_} and class accuracy only: a resample repeats samples, which biases FID "
+                "and the distance-based numbers (repeated samples sit at distance 0)."
+                + intervals.describe(s.seed)
                 if s.n_boot > 0
                 else ""
             )

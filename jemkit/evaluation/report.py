@@ -2,7 +2,8 @@
 
 Every table has one row per metric and one column per evaluated run, so a ``--baseline`` run sits
 beside the evaluated run. A number with a ``<key>_ci95`` sibling in ``report.json`` prints as
-``value [low, high]`` (its 95% bootstrap interval); KID prints as ``mean ± sd``. Sample metrics
+``value [low, high]`` (its 95% interval: bootstrap, or block jackknife for the set-vs-set sample
+metrics); KID prints as ``mean ± sd [low, high]``. Sample metrics
 are named for their features (``digits-FID`` vs ``Inception FID``,
 :func:`~jemkit.evaluation.metric_names.metric_label`).
 """
@@ -178,7 +179,8 @@ def build_tables(report: dict[str, Any]) -> list[ReportTable]:
 
         def kid(*keys: Any) -> list[Cell | None]:
             values = [_get(runs[n], *keys, "kid") for n in names]
-            return [Cell(v["mean"], sd=v["std"]) if isinstance(v, dict) else None for v in values]
+            cells = [_with_ci(v, "mean") if isinstance(v, dict) else None for v in values]
+            return [Cell(c.value, c.ci, sd=v["std"]) if c is not None else None for c, v in zip(cells, values)]
 
         for source, mode in (("fresh", "conditional"), ("fresh", "unconditional"), ("buffer", None)):
             keys = ("generation", source, mode) if mode else ("generation", source)

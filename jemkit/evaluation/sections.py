@@ -6,7 +6,9 @@ Every section starts from the checkpoint's batch-norm buffers and reseeds the RN
 numbers do not depend on which other sections ran. Each number measured on test inputs gets a
 ``<key>_ci95: [low, high]`` sibling: a seeded percentile-bootstrap interval
 (:mod:`~jemkit.evaluation.bootstrap`) over those inputs. The same seed and input count give the
-same resampling indices, so the intervals of a run and its baseline are paired.
+same resampling indices, so the intervals of a run and its baseline are paired. The set-vs-set
+sample metrics (FID, KID, precision/recall, diversity) get block-jackknife intervals instead
+(:mod:`~jemkit.evaluation.intervals`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from jemkit.evaluation import bootstrap as bs
-from jemkit.evaluation import figures
+from jemkit.evaluation import figures, intervals
 from jemkit.evaluation.calibration import expected_calibration_error, reliability_bins
 from jemkit.evaluation.temperature import temperature_scaled_ece
 from jemkit.evaluation.components import defence_transition, fresh_chain_init, refine_transition, run_transition_cfg
@@ -241,7 +243,8 @@ class Evaluation:
     def _quality(self, x: Tensor, y: Tensor | None, source: str, run: LoadedRun) -> dict[str, Any]:
         """FID, IS and (labelled samples) class accuracy of ``x``; KID (mean, sd over subsets),
         diversity relative to the reference images (per class for labelled samples) and
-        precision/recall against them; bootstrap intervals over the samples where they are unbiased."""
+        precision/recall against them; bootstrap intervals over the samples for IS and class accuracy,
+        block-jackknife intervals for the set-vs-set numbers."""
         inputs, s = self.inputs, self.s
         assert inputs.extractor is not None and inputs.reference is not None
         assert inputs.reference_features is not None and inputs.reference_labels is not None
@@ -265,6 +268,11 @@ class Evaluation:
             num_classes = int(run.context.num_classes or 1)
             result["class_diversity"] = class_diversity(
                 on_device, y, reference, inputs.reference_labels, num_classes
+            )
+        if s.n_boot > 0:  # set-vs-set numbers: block-jackknife intervals (resampling would repeat samples)
+            intervals.add_set_intervals(
+                result, on_device, reference, s.pr_k, s.kid_subsets, s.seed, y, inputs.reference_labels,
+                int(run.context.num_classes or 1),
             )
         result["labels"] = {key: metric_label(s.feature_extractor, key) for key in LABELLED_METRICS}
         result["protocol"] = {
