@@ -1,0 +1,350 @@
+"""Time to quality per digits method: one-thread training wall time until the test accuracy and
+the class-conditional sample accuracy both reach their thresholds.
+
+    .venv/bin/python benchmarks/time_to_quality.py                     # 6 methods x 5 seeds
+    .venv/bin/python benchmarks/time_to_quality.py --tiny --recipes baseline,jem --seeds 1,2 \\
+        --runs-dir /tmp/t --out /tmp/t/ttq.md                           # the pipeline in a minute
+
+Each method's recipe is trained over the seeds (``jemkit run RECIPE --seeds S``, ``--jobs`` at a
+time) with ``OMP_NUM_THREADS=1`` (one thread per run), a test evaluation and a checkpoint after
+every epoch (``train.eval_every_epochs=1 train.checkpoint_every_epochs=1``, all checkpoints
+kept). Then, checkpoint by checkpoint in training order, a run has *reached quality* at the first
+checkpoint whose test accuracy (``test/acc`` in ``metrics.jsonl`` at that step) is at least
+``--acc`` and whose class-conditional sample accuracy is at least ``--sample-acc``: the fraction
+of ``--per-class`` samples per class, drawn by fresh chains from U(-1, 1) and ``--steps`` steps of
+the run's own transition on ``E(x, y)`` (what ``jemkit eval`` calls fresh class-conditional
+samples), that the fixed ``digits_classifier`` labels as their class. Its time is the
+checkpoint's recorded training wall time (seconds, one thread; it includes the per-epoch test
+evaluation and checkpoint writing). The sample accuracy is only measured at checkpoints that
+pass the accuracy threshold, and cached in ``RUN_DIR/time_to_quality.json``, so a second call
+only measures what is new. The table gives per method the median over seeds (a run that never
+reached quality counts as infinitely slow, so the median is "not reached" when half or more of
+the seeds never got there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jemkit.errors import JemkitError
+from jemkit.run_index import find_runs, read_jsonl, read_run
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES: dict[str, str] = {
+    "baseline": "baseline_digits.yaml",
+    "jem": "jem_digits.yaml",
+    "jempp": "jempp_digits.yaml",
+    "sadajem": "sadajem_digits.yaml",
+    "energy_l2": "jem_energy_l2_digits.yaml",
+    "shortrun": "jem_shortrun_digits.yaml",
+}
+#: Overrides that give every epoch its test accuracy and its checkpoint (all kept: see
+#: :func:`per_epoch`, which adds ``train.keep_checkpoints``).
+PER_EPOCH: tuple[str, ...] = ("train.eval_every_epochs=1", "train.checkpoint_every_epochs=1")
+#: ``--tiny``: a few training steps of small networks (the same as scripts/results.py).
+TINY_TRAIN: tuple[str, ...] = (
+    "train.epochs=2",
+    "train.batch_size=256",
+    "model.backbone.channels=[8,16,16]",
+    "model.backbone.feature_dim=16",
+    "sampler.steps=2",
+    "train.samples_per_class=1",
+    "train.sample_extra_steps=0",
+    "loggers=[]",
+    "performance.autocast=none",
+    "performance.channels_last=false",
+)
+CACHE = "time_to_quality.json"
+
+
+class TimeToQualityError(JemkitError):
+    """Training or measuring for the time-to-quality table failed, or its options are wrong."""
+
+
+@dataclass
+class RunResult:
+    """When one run reached quality (``None`` fields: it never did)."""
+
+    run_dir: Path
+    recipe: str
+    seed: str
+    wall_seconds: float | None
+    step: int | None
+    epoch: int | None
+    #: Test and sample accuracy at that checkpoint (or the best seen when never reached).
+    test_acc: float | None
+    sample_acc: float | None
+    #: Training wall time of the whole run (s) and its epochs, to read "not reached" against.
+    total_seconds: float | None
+    epochs: int | None
+
+
+# ---------------------------------------------------------------------- training
+def train(key: str, seeds: str, runs_dir: Path, jobs: int, tiny: bool) -> Path:
+    """Train (or finish) the one-thread sweep of ``key`` over ``seeds``; its directory."""
+    from jemkit.sweep import is_sweep_dir, load_sweep
+
+    if key not in RECIPES:
+        raise TimeToQualityError(f"Unknown recipe {key!r}. Choose from {', '.join(RECIPES)} (comma-separated).")
+    sweep_dir = runs_dir / key
+    if is_sweep_dir(sweep_dir):
+        record = load_sweep(sweep_dir)
+        if record.grid.get("seed") != [s.strip() for s in seeds.split(",")]:
+            raise TimeToQualityError(
+                f"{sweep_dir} is a sweep over seeds {','.join(record.grid.get('seed', []))}, not {seeds}. "
+                "Pass the same --seeds, or another --runs-dir."
+            )
+        if all((sweep_dir / m.name / "summary.json").is_file() for m in record.members):
+            return sweep_dir
+        command = [sys.executable, "-m", "jemkit", "run", "--resume", str(sweep_dir), "--jobs", str(jobs)]
+    else:
+        recipe = ROOT / "recipes" / RECIPES[key]
+        command = [sys.executable, "-m", "jemkit", "run", str(recipe), "--seeds", seeds, "--out", str(sweep_dir)]
+        command += ["--jobs", str(jobs), *per_epoch(recipe, TINY_TRAIN if tiny else ())]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    print(f"[{key}] OMP_NUM_THREADS=1 {shlex.join(command)}", flush=True)
+    code = subprocess.run(command, stdin=subprocess.DEVNULL, env=env).returncode
+    if code != 0:
+        raise TimeToQualityError(
+            f"The sweep {sweep_dir} did not complete (exit {code}); logs in {sweep_dir / 'logs'}. "
+            "Fix the cause and run this script again: it resumes the sweep."
+        )
+    return sweep_dir
+
+
+# ---------------------------------------------------------------------- measuring
+def per_epoch(recipe: Path, overrides: Sequence[str]) -> list[str]:
+    """``overrides`` plus :data:`PER_EPOCH` and ``train.keep_checkpoints`` = epochs + 1 (every
+    epoch's checkpoint and the one at step 0 stay; jemkit checks that the disk holds them)."""
+    from jemkit.config import load_recipe
+
+    epochs = int(load_recipe(recipe, list(overrides)).train.epochs)
+    return [*overrides, *PER_EPOCH, f"train.keep_checkpoints={epochs + 1}"]
+
+
+class SampleJudge:
+    """Class-conditional sample accuracy of a run's checkpoint, as ``jemkit eval`` draws samples."""
+
+    def __init__(self, per_class: int, steps: int, seed: int = 0, batch_size: int = 256) -> None:
+        from jemkit.plugin_manager import load_plugins
+
+        self.plugins = load_plugins()
+        self.per_class, self.steps, self.seed, self.batch_size = per_class, steps, seed, batch_size
+
+    def __call__(self, run_dir: Path, checkpoint: Path) -> float:
+        """The fraction in [0, 1] of the samples the digits classifier labels as their class."""
+        import torch
+
+        from jemkit.evaluation.components import build_extractor, fresh_chain_init
+        from jemkit.evaluation.features import extract
+        from jemkit.evaluation.generation import fresh_samples
+        from jemkit.evaluation.rundir import load_run
+        from jemkit.evaluation.settings import resolve_settings
+        from jemkit.performance import autocast
+
+        device = torch.device("cpu")
+        run, _ = load_run(self.plugins, run_dir, run_dir.name, str(checkpoint), device)
+        settings = resolve_settings("digits", {"device": "cpu"})
+        extractor, _ = build_extractor(self.plugins, settings, run.context)
+        classes = int(run.context.num_classes or 1)
+        y = torch.arange(classes).repeat_interleave(self.per_class)
+        init = fresh_chain_init(self.plugins, run.context)
+        torch.manual_seed(self.seed)
+        with autocast(device, run.performance):
+            x = fresh_samples(
+                run.model, init, run.sampler.transition, self.steps, run.sampler.model_mode, len(y), y,
+                self.batch_size, device,
+            )
+        _, logits = extract(extractor, x, self.batch_size, device)
+        return float((logits.argmax(1) == y).double().mean())
+
+
+def checkpoint_wall(path: Path) -> float:
+    """Training wall seconds recorded in a checkpoint (``progress.wall_seconds``)."""
+    from jemkit.checkpoint import load_checkpoint
+
+    return float(load_checkpoint(path).state["progress"]["wall_seconds"])
+
+
+def measure_run(run_dir: Path, acc: float, sample_acc: float, judge: SampleJudge) -> RunResult:
+    """Scan the run's step checkpoints in order for the first that reaches both thresholds."""
+    from jemkit.checkpoint import checkpoint_dir, checkpoint_step, list_checkpoints
+
+    info = read_run(run_dir)
+    accuracy = {int(r["step"]): float(r["test/acc"]) for r in read_jsonl(run_dir / "metrics.jsonl") if "test/acc" in r}
+    epochs_at = {int(r["step"]): int(r["epoch"]) for r in read_jsonl(run_dir / "metrics.jsonl") if "test/acc" in r and "epoch" in r}
+    cache_path = run_dir / CACHE
+    settings = {"per_class": judge.per_class, "steps": judge.steps, "seed": judge.seed}
+    cache: dict[str, Any] = {}
+    if cache_path.is_file():
+        try:
+            cache = json.loads(cache_path.read_text(encoding="utf-8"))
+        except ValueError:
+            cache = {}
+    if cache.get("settings") != settings:
+        cache = {"settings": settings, "sample_acc": {}}
+    seed = str(info.config.get("seed", "?"))
+    best_test, best_sample = None, None
+    for path in list_checkpoints(checkpoint_dir(run_dir)):
+        step = checkpoint_step(path)
+        if step is None or step not in accuracy:
+            continue
+        test_acc = accuracy[step]
+        best_test = test_acc if best_test is None else max(best_test, test_acc)
+        if test_acc < acc:
+            continue
+        known = cache["sample_acc"].get(str(step))
+        if known is None:
+            known = judge(run_dir, path)
+            cache["sample_acc"][str(step)] = known
+            cache_path.write_text(json.dumps(cache, indent=2) + "\n", encoding="utf-8")
+        best_sample = known if best_sample is None else max(best_sample, known)
+        if known >= sample_acc:
+            return RunResult(
+                run_dir, info.recipe, seed, checkpoint_wall(path), step, epochs_at.get(step), test_acc, known,
+                info.wall_seconds, _int(info.summary, "epochs"),
+            )
+    return RunResult(
+        run_dir, info.recipe, seed, None, None, None, best_test, best_sample, info.wall_seconds, _int(info.summary, "epochs")
+    )
+
+
+def _int(summary: dict[str, Any] | None, key: str) -> int | None:
+    value = (summary or {}).get(key)
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+# ---------------------------------------------------------------------- the table
+def median_time(results: Sequence[RunResult]) -> float:
+    """Median wall seconds over the runs; a run that never reached quality counts as ``inf``."""
+    return float(statistics.median([math.inf if r.wall_seconds is None else r.wall_seconds for r in results]))
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return float(statistics.median(present)) if present else None
+
+
+def _show(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def _seconds(value: float) -> str:
+    """Seconds to 0.1 s, or to 3 significant digits below 1 s (a tiny run's 0.04 s stays non-zero)."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.3g}"
+
+
+def table(results: dict[str, list[RunResult]], acc: float, sample_acc: float) -> list[str]:
+    """The Markdown table: one row per method, fastest median first, "not reached" last."""
+    lines = [
+        "| method | recipe | n | reached | median wall s to quality (one thread) | range over seeds (s) "
+        "| median epoch | median run length (s, epochs) | test acc at quality, else best (median) "
+        "| sample acc at quality, else best (median) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    order = sorted(results, key=lambda key: (median_time(results[key]), key))
+    for key in order:
+        runs = results[key]
+        reached = [r for r in runs if r.wall_seconds is not None]
+        median = median_time(runs)
+        span = f"{_seconds(min(r.wall_seconds for r in reached))} to {_seconds(max(r.wall_seconds for r in reached))}" if reached else ""
+        shown = "not reached" if math.isinf(median) else _seconds(median)
+        length = _median([r.total_seconds for r in runs])
+        epochs = _median([r.epochs for r in runs])
+        lines.append(
+            f"| {key} | {runs[0].recipe if runs else ''} | {len(runs)} | {len(reached)} | {shown} | {span} "
+            f"| {_show(_median([r.epoch for r in reached]))} "
+            f"| {'' if length is None else f'{length:.1f}'}, {'' if epochs is None else int(epochs)} "
+            f"| {_show(_median([r.test_acc for r in runs]))} | {_show(_median([r.sample_acc for r in runs]))} |"
+        )
+    return lines
+
+
+def document(results: dict[str, list[RunResult]], args: argparse.Namespace, command: str) -> str:
+    """The Markdown written to ``--out``."""
+    import torch
+
+    import jemkit
+
+    lines = [
+        "# Time to quality per digits method",
+        "",
+        f"Generated by `benchmarks/time_to_quality.py` on {datetime.date.today().isoformat()}; jemkit "
+        f"{jemkit.__version__}, torch {torch.__version__}, one thread per run (`OMP_NUM_THREADS=1`), "
+        f"{args.jobs} run(s) at a time on {os.cpu_count()} core(s)."
+        + (" **A `--tiny` run: the numbers mean nothing.**" if args.tiny else ""),
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Quality: test accuracy >= {args.acc} and class-conditional sample accuracy >= {args.sample_acc} "
+        f"({args.per_class} fresh samples per class, U(-1, 1) + {args.steps} steps of the run's transition, "
+        "labelled by the fixed digits classifier), checked after every epoch. Time: the training wall "
+        "time recorded in the first checkpoint that has both, median over the n seeds (a seed that never "
+        "got there counts as infinitely slow). Best accuracies: the highest seen per run (test: every "
+        "epoch; samples: only where the test threshold was met).",
+        "",
+    ]
+    return "\n".join(lines + table(results, args.acc, args.sample_acc)) + "\n"
+
+
+# ---------------------------------------------------------------------- command line
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated subset of {', '.join(RECIPES)}")
+    parser.add_argument("--seeds", default="1,2,3,4,5", help="seeds (default 1,2,3,4,5)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at a time, one thread each (default 1)")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "time_to_quality", help="where the sweeps live")
+    parser.add_argument("--out", type=Path, help="write the Markdown table here (default: print it)")
+    parser.add_argument("--acc", type=float, default=0.97, help="test accuracy threshold (default 0.97)")
+    parser.add_argument("--sample-acc", type=float, default=0.95, help="sample accuracy threshold (default 0.95)")
+    parser.add_argument("--per-class", type=int, default=100, help="samples per class (default 100, as jemkit eval)")
+    parser.add_argument("--steps", type=int, default=100, help="transition steps of the fresh chains (default 100)")
+    parser.add_argument("--tiny", action="store_true", help="a few training steps and 5 samples per class (for tests)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.per_class, args.steps = min(args.per_class, 5), min(args.steps, 5)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.jobs < 1:
+            raise TimeToQualityError(f"--jobs must be at least 1, got {args.jobs}.")
+        keys = [k.strip() for k in args.recipes.split(",") if k.strip()]
+        runs_dir = args.runs_dir.resolve()
+        sweeps = {key: train(key, args.seeds, runs_dir, args.jobs, args.tiny) for key in keys}
+        judge = SampleJudge(args.per_class, args.steps)
+        results = {}
+        for key, sweep_dir in sweeps.items():
+            results[key] = [measure_run(run, args.acc, args.sample_acc, judge) for run in find_runs(sweep_dir)]
+        command = shlex.join(["python", "benchmarks/time_to_quality.py", *(sys.argv[1:] if argv is None else argv)])
+        text = document(results, args, command)
+        if args.out is None:
+            sys.stdout.write(text)
+        else:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(text, encoding="utf-8")
+            print(f"wrote {args.out}")
+    except JemkitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
