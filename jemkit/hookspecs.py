@@ -121,6 +121,19 @@ def jemkit_step_end(run: RunView, step: int, metrics: Mapping[str, float]) -> No
 
 
 @hookspec
+def jemkit_summary_entries(run: RunView, summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Return entries to add to the summary of a completed run, or ``None`` to add nothing.
+
+    Called once after the final evaluation and sample grid, before ``summary.json`` is written
+    and before :func:`jemkit_run_end`; ``summary`` (read-only) holds the trainer's entries and
+    those of plugins called earlier. Keys are new strings, best prefixed by topic
+    (``density/tv``); values are numbers, strings, booleans, ``None`` or lists and dicts of them
+    (0-dim tensors become numbers). Numeric entries appear in ``jemkit compare`` and sweeps. A key
+    already in the summary, or a value JSON cannot hold, is the plugin's error.
+    """
+
+
+@hookspec
 def jemkit_run_end(run: RunView, summary: Mapping[str, Any]) -> None:
     """Called once after training with the final summary (``test/acc``, ``steps``, ...), after
     ``summary.json`` is written."""

@@ -9,14 +9,17 @@ exception it raises names it (:func:`jemkit.culprit.blame`). Order is pluggy's (
 Plugin state: at every checkpoint :meth:`PluginHooks.save_states` collects
 ``jemkit_save_state`` from each plugin (stored in the checkpoint's ``plugins`` entry under the
 plugin's name), and on resume and rollback :meth:`PluginHooks.load_states` hands each plugin
-implementing ``jemkit_load_state`` what it saved (``{}`` when nothing). When a run is opened for
-evaluation or sampling, :func:`load_inference_weights` lets a plugin substitute the weights
+implementing ``jemkit_load_state`` what it saved (``{}`` when nothing). Before ``summary.json``
+is written, :meth:`PluginHooks.summary_entries` collects what plugins add to it. When a run is
+opened for evaluation or sampling, :func:`load_inference_weights` lets a plugin substitute the weights
 (``jemkit_inference_weights``, e.g. an EMA).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 _DURING: dict[str, str] = {
     "jemkit_run_start": "when the run started",
     "jemkit_step_end": "after an optimiser step",
+    "jemkit_summary_entries": "while the run's summary was written",
     "jemkit_run_end": "when the run ended",
     "jemkit_log_record": "while logging a metrics record",
     "jemkit_log_histogram": "while logging a histogram",
@@ -105,6 +109,33 @@ class PluginHooks:
                 results.append((plugin, call_impl(impl, run=self.view_for(plugin), **kwargs)))
         return results
 
+    def summary_entries(self, summary: Mapping[str, Any]) -> dict[str, Any]:
+        """What plugins add to ``summary`` through ``jemkit_summary_entries``, in call order (JSON
+        values); a result that is not a mapping of new string keys to JSON values is the plugin's
+        error."""
+        hook = "jemkit_summary_entries"
+        added: dict[str, Any] = {}
+        for impl in self.impls(hook):
+            plugin = impl.plugin_name
+            so_far = MappingProxyType({**summary, **added})
+            with blame(self.culprit(plugin, hook), _DURING[hook]):
+                entries = call_impl(impl, run=self.view_for(plugin), summary=so_far)
+            if entries is None:
+                continue
+            try:
+                if not isinstance(entries, Mapping):
+                    kind = type(entries).__qualname__
+                    raise TypeError(f"it returned a {kind}; return a mapping of summary keys to values, or None")
+                for key, value in entries.items():
+                    if not isinstance(key, str) or key in summary or key in added:
+                        raise TypeError(
+                            f"its summary key {key!r} is not a new string key; choose a name of its own (e.g. 'myplugin/x')"
+                        )
+                    added[key] = json_value(value, (key,))
+            except TypeError as exc:
+                raise PluginCodeError(self.culprit(plugin, hook), exc, _DURING[hook]) from None
+        return added
+
     def save_states(self) -> dict[str, Any]:
         """Plugin name -> the state it returned from ``jemkit_save_state`` (``None`` results left out)."""
         states: dict[str, Any] = {}
@@ -148,6 +179,26 @@ def storable(value: Any, path: tuple[str, ...]) -> Any:
     )
 
 
+def json_value(value: Any, path: tuple[str, ...]) -> Any:
+    """``value`` as plain JSON (0-dim tensors and numpy scalars become numbers, NaN and infinities
+    the strings ``"nan"``/``"inf"``/``"-inf"``); a :class:`TypeError` naming the path of the first
+    part JSON cannot hold."""
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)) and getattr(value, "ndim", 0) == 0:
+        value = value.item()
+    if value is None or type(value) in (bool, int, str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping) and all(isinstance(key, str) for key in value):
+        return {key: json_value(item, (*path, key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_value(item, (*path, str(i))) for i, item in enumerate(value)]
+    raise TypeError(
+        f"its summary value at [{']['.join(map(repr, path))}] is a {type(value).__qualname__}, which summary.json "
+        "cannot hold; return numbers, strings, booleans, None, lists and dicts with string keys"
+    )
+
+
 def load_inference_weights(
     plugins: PluginSet, cfg: DictConfig, model: nn.Module, states: Mapping[str, Any], source: str | None = None
 ) -> str | None:
@@ -165,4 +216,4 @@ def load_inference_weights(
     return None
 
 
-__all__ = ["PluginHooks", "call_impl", "implementations", "load_inference_weights", "storable"]
+__all__ = ["PluginHooks", "call_impl", "implementations", "json_value", "load_inference_weights", "storable"]

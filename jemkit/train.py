@@ -483,6 +483,7 @@ class Trainer:
                 self.write_samples("final", extra_steps=p.sample_extra_steps)
             self._enter("summary")
             summary = self._summary("completed")
+            summary.update(self.hooks.summary_entries(summary))  # plugins' entries (toy density, ...)
             if self.dist.is_main:
                 write_json_atomic(self.run_dir / "summary.json", summary)
             self.hooks.call("jemkit_run_end", summary=summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -123,6 +124,16 @@ def test_density_picture_only_for_2d_runs(cli, tmp_path):
     assert picture.stat().st_size > 1000 and picture.read_bytes()[:8] == PNG_MAGIC
     assert cli("run", RECIPES / "jem_digits.yaml", "--out", digits, *TINY_DIGITS).code == 0
     assert not (digits / "samples" / DENSITY_FILE).exists()
+    # The density quality joins the toy run's summary (rings: three modes holding 1/6, 1/3, 1/2).
+    summary = json.loads((toy / "summary.json").read_text())
+    masses = summary["density/mode_masses"]
+    assert len(masses) == 3 and sum(masses) == pytest.approx(1.0, abs=1e-3) and min(masses) >= 0
+    assert summary["density/true_modes"] == pytest.approx([1 / 6, 1 / 3, 1 / 2], abs=0.01)
+    assert (summary["density/mode_mass_min"], summary["density/mode_mass_max"]) == (min(masses), max(masses))
+    errors = [abs(m - t) for m, t in zip(masses, summary["density/true_modes"])]
+    assert summary["density/mode_mass_err"] == pytest.approx(max(errors), abs=1e-4)
+    assert 0.0 < summary["density/tv"] <= 1.0 and summary["samples/mmd2"] > -0.01
+    assert not any(key.startswith(("density/", "samples/mmd2")) for key in json.loads((digits / "summary.json").read_text()))
 
 
 def test_the_draw_samples_hook_draws_2d_samples_and_declines_other_inputs(plugins, tmp_path):
@@ -187,3 +198,18 @@ def test_full_toy_recipes_learn_their_density(plugins, tmp_path, data_name):
     """Each shipped toy recipe, trained in full (under a minute), halves the MMD of uniform noise or better."""
     noise_mmd, model_mmd = _mmd_of_trained_model(plugins, tmp_path, TOY_RECIPES[data_name], [])
     assert model_mmd < noise_mmd / 2, (noise_mmd, model_mmd)
+
+
+@pytest.mark.slow
+def test_balanced_eight_gaussians_recipe_gives_every_mode_its_share_of_the_mass(plugins, tmp_path):
+    """toy_8gaussians_balanced as shipped (seed 1, about a minute): each of the eight equal modes holds
+    12.5 % +- 6 % of the model's normalised exp(-E), as summary.json reports it. Measured worst gaps:
+    3.5, 4.3 and 5.4 points over seeds 1-3 (issue 17 aims at 4); toy_8gaussians: 9 to 32 points."""
+    trainer = Trainer(plugins, load_recipe(RECIPES / "toy_8gaussians_balanced.yaml", []), tmp_path / "run")
+    trainer.prepare_run_dir()
+    summary = trainer.fit()
+    masses = summary["density/mode_masses"]
+    assert len(masses) == 8 and all(abs(m - 0.125) <= 0.06 for m in masses), masses
+    assert summary["density/mode_mass_err"] <= 0.06
+    assert summary["density/tv"] < 0.7 and summary["samples/mmd2"] < 0.05, summary
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["density/mode_masses"] == masses
