@@ -57,7 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except stopping.StopRequested as stop:  # before the command started (imports, argument parsing)
         sys.stderr.write(f"stopped by {stop.name} during start-up, before the command began; nothing was written\n")
         code = EXIT_INTERRUPTED
-    stopping.ignore_from_now_on()  # the command is over: interpreter teardown must not turn a stop into -15
+    try:
+        stopping.ignore_from_now_on()  # the command is over: interpreter teardown must not turn a stop into -15
+    except stopping.StopRequested:  # it landed in the instant between the command's return and that line
+        stopping.ignore_from_now_on()
     return code
 
 
