@@ -42,30 +42,13 @@ from jemkit.errors import JemkitError
 from jemkit.run_index import find_runs, read_jsonl, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES: dict[str, str] = {
-    "baseline": "baseline_digits.yaml",
-    "jem": "jem_digits.yaml",
-    "jempp": "jempp_digits.yaml",
-    "sadajem": "sadajem_digits.yaml",
-    "energy_l2": "jem_energy_l2_digits.yaml",
-    "shortrun": "jem_shortrun_digits.yaml",
-}
+sys.path.insert(0, str(ROOT / "scripts"))
+# The digits recipes (short name -> file) and the --tiny overrides are those of the results script.
+from results import RECIPES, TINY_TRAIN  # noqa: E402
+
 #: Overrides that give every epoch its test accuracy and its checkpoint (all kept: see
 #: :func:`per_epoch`, which adds ``train.keep_checkpoints``).
 PER_EPOCH: tuple[str, ...] = ("train.eval_every_epochs=1", "train.checkpoint_every_epochs=1")
-#: ``--tiny``: a few training steps of small networks (the same as scripts/results.py).
-TINY_TRAIN: tuple[str, ...] = (
-    "train.epochs=2",
-    "train.batch_size=256",
-    "model.backbone.channels=[8,16,16]",
-    "model.backbone.feature_dim=16",
-    "sampler.steps=2",
-    "train.samples_per_class=1",
-    "train.sample_extra_steps=0",
-    "loggers=[]",
-    "performance.autocast=none",
-    "performance.channels_last=false",
-)
 CACHE = "time_to_quality.json"
 
 
