@@ -8,6 +8,7 @@ import io
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -156,7 +157,11 @@ def test_a_rollback_and_a_resume_drop_the_events_metrics_jsonl_drops(tmp_path):
         (1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)
     ]
 
-    # a new process resumes from the checkpoint of step 3: step 4 is trained again
+    # a new process resumes from the checkpoint of step 3: step 4 is trained again. A new process
+    # starts in a later second; here (one process) wait for it: event files are named
+    # `...tfevents.<second>.<host>.<pid>.<writer count>` and read in name order, and the writer
+    # count is not zero-padded, so two files of one second sort wrongly once it passes 9, 99, ...
+    time.sleep(1.05 - time.time() % 1.0)
     resumed = fake_run(tmp_path, step=3)
     tb.jemkit_run_start(run=resumed)
     log_all(resumed, [{"step": 4, "train/loss": 400.0}, {"step": 5, "train/loss": 500.0}])
