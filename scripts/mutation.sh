@@ -10,7 +10,7 @@
 # `jemkit_plugins` import from that copy (PYTHONPATH; checked before anything runs), run the
 # module's own test files once unmutated (baseline; its time sets the per-mutant timeout), let
 # cosmic-ray generate every mutant of the module, keep a seeded sample of at most MUT_MAX of them,
-# and run `pytest -x` on the module's test files plus tests/test_mutation_kills.py once per mutant.
+# and run `pytest -x` on the module's test files plus tests/test_mutation_kills*.py once per mutant.
 # Each module has its own copy, so MUT_JOBS modules run side by side.
 # The three planted bugs of issue 13 are explicit patches (cosmic-ray has no operator that negates
 # an expression, replaces a slice by the whole list, or edits YAML); each runs against its tests.
@@ -168,8 +168,10 @@ run_module() {
     file="$(echo "$line" | cut -d'|' -f2)"; tests="$(echo "$line" | cut -d'|' -f3)"
     dir="$WORK/copies/$name"
     make_copy "$dir" || return 1
-    # The kill tests written for survivors (tests/test_mutation_kills.py) run with every module.
-    [[ -f "$dir/repo/tests/test_mutation_kills.py" ]] && tests="$tests tests/test_mutation_kills.py"
+    # The kill tests written for survivors (tests/test_mutation_kills*.py) run with every module.
+    for kills in tests/test_mutation_kills.py tests/test_mutation_kills_2.py; do
+        [[ -f "$dir/repo/$kills" ]] && tests="$tests $kills"
+    done
     # Baseline: the unmutated copy passes, and its time sets the per-mutant timeout.
     local start=$SECONDS
     # shellcheck disable=SC2086
