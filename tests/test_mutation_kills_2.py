@@ -499,3 +499,38 @@ def test_to_yaml_keeps_environment_values_as_interpolations_and_resolves_the_res
     assert out["dims"] == ["${oc.env:JEMKIT_MUT_ROOT}", 1, 2, 3]
     assert out["same"] == "${dims}"
     assert out["four"] == "${a}"
+
+
+# --- jemkit/sampler.py: the CUDA-graph branch, driven on the CPU ------------------------------------
+
+
+class _RecordingGraphCache:
+    """Stands in for ChainGraphCache: records that a replay was asked for and runs the loop eagerly."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self, key, model, x, y, body):
+        self.runs += 1
+        return body(x, y)()
+
+
+@pytest.mark.parametrize("cache, applies, replays", [(None, True, 0), ("cache", False, 0), ("cache", True, 1)])
+def test_a_graph_is_replayed_only_with_a_cache_where_graphs_apply(monkeypatch, cache, applies, replays):
+    """sampler.py L134: both conditions are needed (`and`); CUDA graphs apply only on CUDA, so the
+    test makes `graphs_apply` answer as it would there."""
+    import jemkit.sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "graphs_apply", lambda transition, x, steps: applies)
+    graph_cache = _RecordingGraphCache() if cache else None
+    x = torch.zeros(3, 1, 8, 8)
+    out = sampler_module.run_chains(tiny_model(), _GradientStep(), x, None, 2, graph_cache=graph_cache)
+    assert out.x.shape == x.shape and torch.isfinite(out.x).all()
+    assert (graph_cache.runs if graph_cache else 0) == replays
+
+
+def test_cuda_graphs_are_off_unless_asked_for():
+    """sampler.py L153: a Sampler replays CUDA graphs only when built with cuda_graphs=True (the
+    recipe's `performance.cuda_graphs`); the default is the eager loop."""
+    assert Sampler(_MemorylessInit(), _GradientStep(), steps=1).cuda_graphs is False
+    assert Sampler(_MemorylessInit(), _GradientStep(), steps=1, cuda_graphs=True).cuda_graphs is True
