@@ -534,3 +534,19 @@ def test_cuda_graphs_are_off_unless_asked_for():
     recipe's `performance.cuda_graphs`); the default is the eager loop."""
     assert Sampler(_MemorylessInit(), _GradientStep(), steps=1).cuda_graphs is False
     assert Sampler(_MemorylessInit(), _GradientStep(), steps=1, cuda_graphs=True).cuda_graphs is True
+
+
+@pytest.mark.parametrize("on_device, expected", [(False, "cpu"), (True, "cuda")])
+def test_the_informative_buffer_lives_on_the_training_device_only_when_asked(monkeypatch, on_device, expected):
+    """informative.py L353: `on_device` puts the JEM++ buffer on the training device (here a CUDA
+    device named, never touched: the buffer's constructor is recorded, not run), else the CPU."""
+    from types import SimpleNamespace
+
+    from jemkit_plugins.samplers import informative
+
+    built = {}
+    monkeypatch.setattr(informative, "load_or_fit", lambda context, eps, cache, low, high: "gaussians")
+    monkeypatch.setattr(informative, "InformativeBuffer", lambda *args: built.setdefault("device", args[-1]))
+    params = informative.InformativeBufferParams(on_device=on_device)
+    informative.build_informative_buffer(params, SimpleNamespace(device=torch.device("cuda", 0)))
+    assert torch.device(built["device"]).type == expected
