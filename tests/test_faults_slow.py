@@ -116,7 +116,9 @@ def test_signals_at_random_moments_then_resume_ends_bit_identical(tmp_path, long
     signals_sent, runs = 0, 0
     while signals_sent < 10:
         runs += 1
-        assert runs <= 6, "too few signals landed before the runs finished"
+        # A signal that lands after the run's work is done is ignored (exit 0) and the run counts as
+        # finished; on an idle machine resumed attempts are short, so many sleeps outlast them.
+        assert runs <= 15, "too few signals landed before the runs finished"
         out = tmp_path / f"run{runs}"
         for attempt in range(40):
             stale = _temporaries(out)  # left by the previous kill; removed when the run starts
