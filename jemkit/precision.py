@@ -59,6 +59,7 @@ from torch import Tensor, nn
 from jemkit.contracts import JointEnergyModel, energy_and_grad
 from jemkit.distributed import DistInfo, broadcast_object
 from jemkit.performance import AUTO, PerformanceParams, apply_precision, autocast, prepare_input
+from jemkit.runlog import to_number
 from jemkit.sampler import frozen_weights, model_mode
 
 #: Largest accepted energy error of a bf16 candidate against fp32 on the first batch:
@@ -162,8 +163,8 @@ class Measured:
             "passed": self.passed,
         }
         if self.agreement is not None:
-            record["energy_error"] = _json_number(self.agreement.energy_error)
-            record["grad_error"] = _json_number(self.agreement.grad_error)
+            record["energy_error"] = to_number(self.agreement.energy_error)
+            record["grad_error"] = to_number(self.agreement.grad_error)
         return record
 
     @classmethod
@@ -181,11 +182,6 @@ class Measured:
 def default_clock() -> float:
     """Seconds from a monotonic clock (``time.perf_counter``); tests replace it to fake timings."""
     return time.perf_counter()
-
-
-def _json_number(value: float) -> float | str:
-    """``value``, or its text for NaN and infinities (strict JSON has no such numbers)."""
-    return value if math.isfinite(value) else str(value)
 
 
 # --------------------------------------------------------------------------- hardware
