@@ -84,10 +84,22 @@ def _open(run: RunView) -> Any:
         _writers[key] = (run, None)
         return None
     _quiet_writer_thread_without_room()
+    _start_after_existing_event_files(events_dir(run.run_dir))
     step = int(getattr(run, "step", 0) or 0)
     writer = SummaryWriter(log_dir=str(events_dir(run.run_dir)), purge_step=step + 1 if step > 0 else None)
     _writers[key] = (run, writer)
     return writer
+
+
+def _start_after_existing_event_files(folder: Path) -> None:
+    """Readers take event files in name order, ``...tfevents.<second>.<host>.<pid>.<count>``, and the
+    package's writer count is not zero-padded: a second writer of one process opened in the same
+    second as an earlier file could sort before it (10 < 9). Wait for the next second then."""
+    import time
+
+    now = int(time.time())
+    if any(f".tfevents.{now:010d}." in path.name for path in folder.glob("events.out.tfevents.*")):
+        time.sleep(max(0.0, now + 1.02 - time.time()))
 
 
 def _quiet_writer_thread_without_room() -> None:
