@@ -16,7 +16,8 @@
 # an expression, replaces a slice by the whole list, or edits YAML); each runs against its tests.
 #
 # Output: a per-module table (killed / survived / timeout / total, score %) on stdout and in
-# $MUT_OUT/summary.md; each survivor's diff in $MUT_OUT/<module>.survivors.txt.
+# $MUT_OUT/summary.md; each survivor's diff in $MUT_OUT/<module>.survivors.txt, each timed-out
+# mutant's (counted as detected: its tests did not pass within the timeout) in <module>.timeouts.txt.
 #
 # Settings (environment):
 #   MUT_MAX=30       most mutants run per module (a seeded sample when a module has more)
@@ -221,6 +222,7 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 session, name, file, out, seconds = sys.argv[1:]
 killed = survived = timeout = other = generated = 0
 survivors = []
+timeouts = []
 with use_db(session, WorkDB.Mode.open) as db:
     generated = db.num_work_items
     results = dict(db.results)
@@ -236,6 +238,8 @@ for job_id, r in results.items():
         survivors.append(f"--- {m.operator_name} #{m.occurrence} at line {m.start_pos[0]}\n{r.diff}\n")
     elif r.output == "timeout":
         timeout += 1
+        m = items[job_id].mutations[0]
+        timeouts.append(f"--- {m.operator_name} #{m.occurrence} at line {m.start_pos[0]}\n{r.diff}\n")
     else:
         killed += 1
 pending = sum(1 for j in items if j not in results)
@@ -245,6 +249,8 @@ with open(f"{out}/modules.rows", "a") as f:
     f.write(f"{name}|{file}|{killed}|{survived}|{timeout}|{other}|{total}|{generated}|{score:.1f}|{seconds}|{pending}\n")
 with open(f"{out}/{name}.survivors.txt", "w") as f:
     f.write("".join(sorted(survivors)))
+with open(f"{out}/{name}.timeouts.txt", "w") as f:
+    f.write("".join(sorted(timeouts)))
 print(f"[{name}] {killed} killed, {survived} survived, {timeout} timeout, {other} other of {total} run ({generated} generated); score {score:.1f}%; {seconds} s")
 EOF
 }

@@ -12,6 +12,7 @@ import pytest
 
 from jemkit.errors import JemkitError
 from jemkit.run_index import eval_report_path
+from jemkit.evaluation.settings import REFINE_NOISE_DIGITS, REFINE_STEP_DIGITS
 
 from conftest import RECIPES, TINY_DIGITS, run_cli
 
@@ -77,7 +78,9 @@ def _unit(value) -> bool:
 def _check_run(entry: dict) -> None:
     acc = entry["accuracy"]
     assert _unit(acc["clean"]) and _unit(acc["refined"]) and acc["n"] == 60 and acc["nll"] > 0
-    assert acc["refine"]["steps"] == 1 and acc["refine"]["transition"]["source"] == "run"
+    transition = acc["refine"]["transition"]
+    assert acc["refine"]["steps"] == 1 and transition["source"] == "cli", "digits runs refine with the profile's SGLD"
+    assert (transition["step_size"], transition["noise"]) == (REFINE_STEP_DIGITS, REFINE_NOISE_DIGITS)
     assert _unit(entry["calibration"]["ece"]) and entry["calibration"]["bins"] == 15
     assert sum(entry["calibration"]["reliability"]["count"]) == 60
     assert set(entry["ood"]) == {"uniform_noise", "interpolations", "inverted", "sklearn_patches"}
@@ -252,6 +255,18 @@ def test_missing_inception_weights_is_a_clear_error(cli, runs, tmp_path):
     result = cli("eval", run, "--only", "generation", "--feature-extractor", "inception", "--n-samples", "10")
     assert result.code == 2 and "--inception-weights" in result.err and "JEMKIT_INCEPTION_WEIGHTS" in result.err
     assert "Traceback" not in result.err and not (run / "eval").exists() and _leftovers(run) == []
+
+
+def test_refine_step_size_run_uses_the_runs_own_transition(cli, runs, tmp_path):
+    jem, _ = runs
+    out = tmp_path / "own"
+    result = cli("eval", jem, "--only", "acc", "--max-test", "20", "--refine-steps", "1", "--bootstrap", "0",
+                 "--refine-step-size", "run", "--out", out)
+    assert result.code == 0, result.err
+    transition = json.loads((out / "report.json").read_text())["runs"]["jem"]["accuracy"]["refine"]["transition"]
+    assert transition["source"] == "run" and transition["step_size"] == 1.0, transition
+    bad = cli("eval", jem, "--only", "acc", "--refine-step-size", "run", "--refine-noise", "0.01")
+    assert bad.code == 2 and "--refine-noise" in bad.err and "Traceback" not in bad.err
 
 
 def test_failure_midway_keeps_the_previous_report_and_leaves_no_partial_files(cli, runs, tmp_path, monkeypatch):

@@ -69,3 +69,27 @@ def test_statistics_settings_are_checked():
     ):
         with pytest.raises(EvalError, match=flag):
             resolve_settings("digits", overrides)
+
+
+def test_refinement_defaults_per_profile_and_the_run_transition():
+    """Digits runs refine with the gentle SGLD of the profile; other data with the run's own
+    transition; a pair of flags replaces the profile's pair; ``run`` picks the run's transition."""
+    from jemkit.evaluation.settings import REFINE_NOISE_DIGITS, REFINE_STEP_DIGITS
+
+    digits = resolve_settings("digits", {})
+    assert (digits.refine_step_size, digits.refine_noise) == (REFINE_STEP_DIGITS, REFINE_NOISE_DIGITS)
+    assert REFINE_STEP_DIGITS < 1.0, "gentler than the digits recipes' training transition (step 1.0)"
+    cifar = resolve_settings("cifar10", {})
+    assert (cifar.refine_step_size, cifar.refine_noise) == (None, None)
+    own = resolve_settings("digits", {"refine_step_size": "run"})
+    assert (own.refine_step_size, own.refine_noise) == (None, None)
+    mine = resolve_settings("digits", {"refine_step_size": 0.5, "refine_noise": 0.0})
+    assert (mine.refine_step_size, mine.refine_noise) == (0.5, 0.0)
+    for overrides, flag in (
+        ({"refine_step_size": 0.5}, "--refine-noise"),
+        ({"refine_step_size": "run", "refine_noise": 0.01}, "--refine-noise"),
+        ({"refine_step_size": "fast", "refine_noise": 0.01}, "--refine-step-size"),
+        ({"refine_step_size": -0.1, "refine_noise": 0.01}, "--refine-step-size"),
+    ):
+        with pytest.raises(EvalError, match=flag):
+            resolve_settings("digits", overrides)

@@ -44,6 +44,11 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number (write 0.1 or 8/255)") from None
 
 
+def _step_or_run(text: str) -> float | str:
+    """``run`` (the run's own sampler transition) or a step size."""
+    return "run" if text.strip() == "run" else _number(text)
+
+
 def _numbers(text: str) -> list[float]:
     return [_number(part) for part in _names(text)]
 
@@ -99,8 +104,10 @@ def add_parser(subparsers: Any) -> None:
     )
     g.add_argument(
         "--refine-step-size",
-        type=float,
-        help="refine with SGLD of this step size (with --refine-noise) instead of the run's transition",
+        type=_step_or_run,
+        metavar="STEP|run",
+        help="refinement and defence: SGLD of this step size (with --refine-noise), or 'run' for the run's own "
+        "sampler transition (default: the run's, except digits runs: 0.03 with noise 0.01)",
     )
     g.add_argument("--refine-noise", type=float, help="noise std of that SGLD ([-1, 1] units)")
     g.add_argument("--bins", type=int, help="confidence bins of the ECE and reliability diagram (default 15)")
