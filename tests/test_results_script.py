@@ -172,3 +172,23 @@ def test_results_and_time_to_quality_scripts_tiny(tmp_path):
     done = subprocess.run([*script, "--out", str(never), "--acc", "1.01"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "jemkit run" not in done.stdout, done.stdout + done.stderr
     assert sum("| 2 | 0 | not reached |" in line for line in never.read_text(encoding="utf-8").splitlines()) == 2
+
+    # scripts/refine_sweep.py on the same sweeps: step 0 without noise leaves every input as it is
+    refine_md = tmp_path / "refine.md"
+    refine = [sys.executable, str(ROOT / "scripts" / "refine_sweep.py"), "--recipes", "baseline,jem",
+              "--runs-dir", str(tmp_path / "runs"), "--steps", "run,0", "--noise", "0", "--refine-steps", "2",
+              "--jobs", "2", "--out", str(refine_md)]
+    done = subprocess.run(refine, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split(" | ") for line in refine_md.read_text(encoding="utf-8").splitlines() if line.startswith("| ") and "_digits" in line]
+    assert [(r[0][2:], r[1], r[2]) for r in rows] == [
+        ("baseline_digits", "the run's own transition", "2"), ("baseline_digits", "SGLD step 0, noise 0", "2"),
+        ("jem_digits", "the run's own transition", "2"), ("jem_digits", "SGLD step 0, noise 0", "2"),
+    ], rows
+    for r in rows:
+        if "step 0" in r[1]:
+            assert r[3] == r[4] and r[5].startswith("0 ± 0"), r  # refined = clean exactly
+    again = subprocess.run(refine, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "[refine]" not in again.stdout, again.stdout + again.stderr
+    bad = subprocess.run([*refine[:2], "--steps", "fast", "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--steps" in bad.stderr and "Traceback" not in bad.stderr
