@@ -355,11 +355,11 @@ def test_only_the_entry_points_import_the_cli():
     assert importers == {"jemkit/entry.py", "jemkit/api.py"}
 
 
-# --------------------------------------------------------------------------- docs/results.md: protocol
+# --------------------------------------------------------------------------- docs/results_single_seed.md: protocol
 
 
 def test_the_digits_evaluation_protocol_is_the_one_results_md_states():
-    """docs/results.md "Protocol": refined after 10 transitions; ECE with 15 bins; OOD sets of 1,000
+    """docs/results_single_seed.md "Protocol": refined after 10 transitions; ECE with 15 bins; OOD sets of 1,000
     inputs (inverted: the test inputs); PGD-20, step 2.5 eps / 20, no random start, L-inf 0.1/0.2/0.3
     and L2 0.5/1/2 on all 360 test inputs; 1,000 unconditional samples and 100 per class after 100
     steps; KID over 100 subsets; precision/recall with k = 3; 1,000 bootstrap replicates; seed 0."""
@@ -380,7 +380,7 @@ def test_the_digits_evaluation_protocol_is_the_one_results_md_states():
 
 
 def test_the_shipped_digits_classifier_has_the_stated_test_accuracy():
-    """docs/results.md "Protocol": the digits classifier's "clean test accuracy 0.9806" (353 of the
+    """docs/results_single_seed.md "Protocol": the digits classifier's "clean test accuracy 0.9806" (353 of the
     360 test images); the v2 weights shipped with jemkit give it on every machine."""
     from jemkit.contracts import BuildContext
     from jemkit_plugins.data.data_digits import DigitsParams, build_digits

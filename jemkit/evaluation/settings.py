@@ -107,7 +107,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "is_splits": 1,
         # Refinement and the defence: a gentler SGLD than the training transition (step 1.0,
         # noise 0.01), which in 10 steps moves a test digit far enough to cost JEM about 1.4
-        # points of accuracy; measured over seeds in docs/results.md ("Refinement").
+        # points of accuracy; measured over seeds in docs/results_refinement.md
+        # (scripts/refine_sweep.py).
         "refine_step_size": REFINE_STEP_DIGITS,
         "refine_noise": REFINE_NOISE_DIGITS,
     },
