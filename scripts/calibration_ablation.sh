@@ -4,8 +4,8 @@
 #   bash scripts/calibration_ablation.sh            # -> docs/results_ablation_px.md
 #
 # Needs the JEM sweep of scripts/results.py (runs/results/jem, px = 1.0, seeds 1-5); trains
-# recipes/jem_digits.yaml with loss.px = 0.3 and 0.1 over seeds 1-3 (runs/ablation_px, skipped
-# when complete), evaluates every member without a report (accuracy, calibration, OOD, generation;
+# recipes/jem_digits.yaml with loss.px = 0.3, 0.2 and 0.1 over seeds 1-3 (runs/ablation_px and
+# runs/ablation_px_mid; a complete sweep is not trained again), evaluates every member without a report (accuracy, calibration, OOD, generation;
 # each section of `jemkit eval` reseeds, so these numbers equal those of the full evaluations of
 # the px = 1.0 runs), and writes `jemkit compare --group-by loss.px` of px = 1.0 (seeds 1-3) and
 # the ablation as Markdown.
@@ -26,14 +26,23 @@ for run in "${BASE[@]}"; do
         exit 2
     fi
 done
-if [[ -d "$RUNS/ablation_px" ]]; then
-    "$JEMKIT" run --resume "$RUNS/ablation_px" --jobs "$JOBS"
-else
-    "$JEMKIT" run recipes/jem_digits.yaml -m loss.px=0.3,0.1 --seeds "$SEEDS" --jobs "$JOBS" --out "$RUNS/ablation_px"
-fi
+# sweep directory : p(x) weights (the 0.2 arm was added after the first two, as its own sweep)
+ARMS="ablation_px:0.3,0.1 ablation_px_mid:0.2"
+DIRS=()
+for arm in $ARMS; do
+    dir="$RUNS/${arm%%:*}" px="${arm#*:}"
+    DIRS+=("$dir")
+    if [[ -d "$dir" ]]; then
+        "$JEMKIT" run --resume "$dir" --jobs "$JOBS" >/dev/null
+    else
+        "$JEMKIT" run recipes/jem_digits.yaml -m "loss.px=$px" --seeds "$SEEDS" --jobs "$JOBS" --out "$dir" >/dev/null
+    fi
+done
 todo=()
-for run in "$RUNS"/ablation_px/seed=*/; do
-    [[ -e "$run/eval/latest/report.json" ]] || todo+=("${run%/}")
+for dir in "${DIRS[@]}"; do
+    for run in "$dir"/seed=*/; do
+        [[ -e "$run/eval/latest/report.json" ]] || todo+=("${run%/}")
+    done
 done
 if ((${#todo[@]})); then
     printf '%s\n' "${todo[@]}" | xargs -P "$JOBS" -I{} env OMP_NUM_THREADS=1 "$JEMKIT" eval {} \
@@ -41,5 +50,5 @@ if ((${#todo[@]})); then
 fi
 METRICS='eval.accuracy.clean,eval.accuracy.nll,eval.calibration.ece,eval.calibration.temperature_scaled.ece'
 METRICS+=',eval.ood.*.log_px.auroc,eval.generation.fresh.conditional.class_accuracy,wall_seconds'
-"$JEMKIT" compare "${BASE[@]}" "$RUNS/ablation_px" --group-by loss.px --metrics "$METRICS" --md "$OUT"
+"$JEMKIT" compare "${BASE[@]}" "${DIRS[@]}" --group-by loss.px --metrics "$METRICS" --md "$OUT"
 echo "wrote $OUT"
