@@ -298,6 +298,7 @@ def test_bad_settings_name_the_flag(cli, runs):
         (["--bins", "0"], "--bins"),
         (["--eps", "-0.1"], "--eps"),
         (["--refine-step-size", "0.5"], "--refine-noise"),
+        (["--refine-step-size", "fast"], "nor 'run'"),
     ):
         result = cli("eval", jem, *args)
         assert result.code == 2 and needle in result.err and "Traceback" not in result.err, (args, result.err)

@@ -46,7 +46,12 @@ def _number(text: str) -> float:
 
 def _step_or_run(text: str) -> float | str:
     """``run`` (the run's own sampler transition) or a step size."""
-    return "run" if text.strip() == "run" else _number(text)
+    if text.strip() == "run":
+        return "run"
+    try:
+        return _number(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a step size (e.g. 0.03) nor 'run'") from None
 
 
 def _numbers(text: str) -> list[float]:
