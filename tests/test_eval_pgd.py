@@ -246,13 +246,14 @@ def test_transitions_without_a_differentiable_step_refuse_the_end_to_end_attack(
         sampler = type("S", (), {"transition": mala, "model_mode": "eval"})()
         context = BuildContext(input_shape=(1, 8, 8))
 
-    settings = resolve_settings("digits", {"defence": True, "defence_attack": "end_to_end"})
+    # the run's own transition (digits runs otherwise refine with the profile's SGLD)
+    settings = resolve_settings("digits", {"defence": True, "defence_attack": "end_to_end", "refine_step_size": "run"})
     with pytest.raises(EvalError, match="--defence-attack bpda") as info:
         defence_transition(plugins, settings, _Run())
     message = str(info.value)
     assert "'mala'" in message and "sgld" in message and "langevin" in message and "proximal_sgld" in message
     assert "hmc" not in message, "only transitions that declare a differentiable step are offered"
-    bpda = resolve_settings("digits", {"defence": True, "defence_attack": "bpda"})
+    bpda = resolve_settings("digits", {"defence": True, "defence_attack": "bpda", "refine_step_size": "run"})
     assert defence_transition(plugins, bpda, _Run())[0] is mala
     cli_sgld = resolve_settings("digits", {"defence": True, "refine_step_size": 0.5, "refine_noise": 0.02})
     transition, info_cli = defence_transition(plugins, cli_sgld, _Run())
