@@ -46,8 +46,10 @@ def _number(text: str) -> float:
 
 def _step_or_run(text: str) -> float | str:
     """``run`` (the run's own sampler transition) or a step size."""
-    if text.strip() == "run":
-        return "run"
+    from jemkit.evaluation.settings import RUN_TRANSITION
+
+    if text.strip() == RUN_TRANSITION:
+        return RUN_TRANSITION
     try:
         return _number(text)
     except argparse.ArgumentTypeError:

@@ -87,13 +87,15 @@ class EvalSettings:
         return dataclasses.asdict(self)
 
 
-#: Profile defaults over :class:`EvalSettings`' own.
 #: ``--refine-step-size`` value that selects the run's own sampler transition.
 RUN_TRANSITION = "run"
 #: The digits profile's refinement SGLD (step size, noise std in [-1, 1] units).
 REFINE_STEP_DIGITS = 0.03
 REFINE_NOISE_DIGITS = 0.01
+#: An override that sets a setting to ``None`` (plain ``None`` means "not given").
+_UNSET = object()
 
+#: Profile defaults over :class:`EvalSettings`' own.
 PROFILES: dict[str, dict[str, Any]] = {
     "digits": {
         "ood_sets": ["uniform_noise", "interpolations", "inverted", "sklearn_patches"],
@@ -106,8 +108,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "feature_extractor": "digits_classifier",
         "is_splits": 1,
         # Refinement and the defence: a gentler SGLD than the training transition (step 1.0,
-        # noise 0.01), which in 10 steps moves a test digit far enough to cost JEM about 1.4
-        # points of accuracy; measured over seeds in docs/results_refinement.md
+        # noise 0.01), which in 10 steps moves a test digit far enough to cost JEM about 2.5
+        # points of accuracy (0.03 costs 0.06); measured over seeds in docs/results_refinement.md
         # (scripts/refine_sweep.py).
         "refine_step_size": REFINE_STEP_DIGITS,
         "refine_noise": REFINE_NOISE_DIGITS,
@@ -165,9 +167,6 @@ def _refine_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
         raise _fail("--refine-step-size", f"a non-negative number or 'run', got {step!r}")
     return overrides
 
-
-#: An override that sets a setting to ``None`` (plain ``None`` means "not given").
-_UNSET = object()
 
 
 def _did_you_mean(unknown: list[str], choices: tuple[str, ...]) -> str:
