@@ -1,8 +1,10 @@
 """One writer per run directory: an OS file lock that dies with the process holding it.
 
-``RUN_DIR/.jemkit.lock`` is locked with ``fcntl.flock`` (exclusive, non-blocking) by the process
-that writes the directory (``jemkit run``, ``jemkit run --resume``, ``jemkit eval`` while it writes
-``eval/``). The kernel releases the lock when the process exits for any reason, ``kill -9``
+``RUN_DIR/.jemkit.lock`` is locked with ``fcntl.flock`` (non-blocking) by the process that writes
+the directory: exclusively by training (``jemkit run``, ``jemkit run --resume``), shared by
+``jemkit eval`` while it writes a report inside the directory. Evaluations only add their own new
+folders (assembled in a private temporary folder, then renamed into place), so several may run
+at once on one run; none runs while the run trains, and training waits for none. The kernel releases the lock when the process exits for any reason, ``kill -9``
 included, so a lock left behind by a dead process never blocks. The file's content (pid, host,
 command, start time) only serves the error message a second writer gets; it is never trusted to
 decide whether the lock is held.
@@ -55,14 +57,18 @@ class RunLock:
     """Exclusive lock on a run directory for the lifetime of this object (a context manager).
 
     ``purpose`` ("training", "evaluation") goes into the lock file and the holder's description.
-    Acquiring a lock held by another live process raises :class:`RunLockedError` naming the
-    holder; a lock whose process died is free (the OS dropped it).
+    A ``shared`` lock (evaluations) coexists with other shared ones and excludes an exclusive one
+    (training). Acquiring a lock that conflicts with one held by another live process raises
+    :class:`RunLockedError` naming the holder; a lock whose process died is free (the OS dropped it).
     """
 
-    def __init__(self, run_dir: Path | str, purpose: str = "training", hint: str | None = None) -> None:
+    def __init__(
+        self, run_dir: Path | str, purpose: str = "training", hint: str | None = None, shared: bool = False
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.purpose = purpose
+        self.shared = shared
         #: The way forward a refused writer reads (default: wait, or pass another --out).
         self.hint = hint
         self._fd: int | None = None
@@ -78,7 +84,7 @@ class RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, self._mode() | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise self._locked_error() from None
@@ -97,7 +103,7 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, payload, 0)
         except OSError:
-            pass  # the description is a courtesy; the lock itself is what protects the directory
+            pass  # the description is a courtesy (a shared holder may overwrite another's); the lock protects
         self._fd = fd
         return self
 
@@ -119,11 +125,14 @@ class RunLock:
         except OSError:
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, self._mode() | fcntl.LOCK_NB)
         except BlockingIOError:
             raise self._locked_error() from None
         finally:
             os.close(fd)
+
+    def _mode(self) -> int:
+        return fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX
 
     def release(self) -> None:
         """Give the lock up (the file stays: deleting it would race with a new holder)."""

@@ -337,6 +337,29 @@ def test_every_evaluation_keeps_its_own_folder_and_latest_moves(cli, runs, tmp_p
     assert _leftovers(run) == []
 
 
+def test_two_evaluations_of_one_run_may_overlap_but_never_one_with_training(cli, runs, tmp_path):
+    """Evaluations share the run's lock (each adds its own folder); training holds it alone."""
+    from jemkit.run_lock import RunLock
+
+    jem, _ = runs
+    run = _fresh_copy(jem, tmp_path / "run")
+    other = RunLock(run, "evaluation", shared=True).acquire()  # as a second `jemkit eval` holds it
+    try:
+        alongside = cli("eval", run, *QUICK, "--out", run / "eval" / "alongside")
+        assert alongside.code == 0, alongside.err
+        assert (run / "eval" / "alongside" / "report.json").is_file()
+    finally:
+        other.release()
+    trainer = RunLock(run, "training").acquire()
+    try:
+        refused = cli("eval", run, *QUICK, "--out", run / "eval" / "refused")
+        assert refused.code == 2 and "training since" in " ".join(refused.err.split()), refused.err
+        assert not (run / "eval" / "refused").exists()
+    finally:
+        trainer.release()
+    assert _leftovers(run) == []
+
+
 def test_out_writes_a_new_folder_and_never_a_filled_one(cli, runs, tmp_path, monkeypatch):
     jem, _ = runs
     run = _fresh_copy(jem, tmp_path / "run")

@@ -63,3 +63,26 @@ def test_release_lets_the_next_writer_in_and_acquire_is_idempotent(tmp_path):
     second = RunLock(tmp_path / "new" / "run").acquire()
     assert second.held
     second.release()
+
+
+def test_evaluations_share_the_lock_but_exclude_training_and_are_excluded_by_it(tmp_path):
+    """Shared (evaluation) locks coexist; an exclusive (training) lock and a shared one never do."""
+    first = RunLock(tmp_path, "evaluation", shared=True).acquire()
+    second = RunLock(tmp_path, "evaluation", shared=True).acquire()  # another open file: flock allows it
+    second.check_free()  # a third evaluation would be allowed too
+    with pytest.raises(RunLockedError) as refused:
+        RunLock(tmp_path, "training").acquire()
+    assert "evaluation since" in str(refused.value)
+    with pytest.raises(RunLockedError):
+        RunLock(tmp_path, "training").check_free()
+    first.release()
+    with pytest.raises(RunLockedError):
+        RunLock(tmp_path, "training").acquire()  # one evaluation still holds it
+    second.release()
+    training = RunLock(tmp_path, "training").acquire()
+    with pytest.raises(RunLockedError) as refused:
+        RunLock(tmp_path, "evaluation", shared=True).acquire()
+    assert "training since" in str(refused.value)
+    with pytest.raises(RunLockedError):
+        RunLock(tmp_path, "evaluation", shared=True).check_free()
+    training.release()

@@ -120,7 +120,7 @@ def _no_room_is_clear(target: Path, command: str | None) -> Iterator[None]:
 
 
 def _run_lock(run_dir: Path, target: Path) -> RunLock | None:
-    """The run directory's lock when the report goes inside it (``RUN_DIR/eval``), else ``None``."""
+    """The run directory's shared lock when the report goes inside it (``RUN_DIR/eval``), else ``None``."""
     if not is_inside(target, run_dir):
         return None
     outside = command_text("eval", run_dir, "--out", f"{run_dir.resolve().name}-eval")
@@ -128,6 +128,7 @@ def _run_lock(run_dir: Path, target: Path) -> RunLock | None:
         run_dir,
         "evaluation",
         hint=f"Wait for it to finish, or evaluate meanwhile into a folder outside the run directory: `{outside}`.",
+        shared=True,  # evaluations add separate folders: several may run at once, never during training
     )
 
 
