@@ -284,8 +284,11 @@ def _jemkit(*words: str) -> list[str]:
     return [sys.executable, "-m", "jemkit", *words]
 
 
-def sweep(key: str, seeds: str, runs_dir: Path, jobs: int, overrides: Sequence[str]) -> Path:
-    """Train (or finish) the sweep of recipe ``key`` over ``seeds``; its directory."""
+def sweep(
+    key: str, seeds: str, runs_dir: Path, jobs: int, overrides: Sequence[str], recipe: Path | None = None
+) -> Path:
+    """Train (or finish) the sweep ``runs_dir/key`` of ``recipe`` (default: the digits recipe
+    ``key``) with ``overrides`` over ``seeds``; its directory."""
     from jemkit.sweep import is_sweep_dir, load_sweep
 
     sweep_dir = runs_dir / key
@@ -301,7 +304,8 @@ def sweep(key: str, seeds: str, runs_dir: Path, jobs: int, overrides: Sequence[s
             return sweep_dir
         command = _jemkit("run", "--resume", str(sweep_dir), "--jobs", str(jobs))
     else:
-        command = _jemkit("run", str(recipe_path(key)), "--seeds", seeds, "--out", str(sweep_dir), "--jobs", str(jobs))
+        recipe = recipe_path(key) if recipe is None else recipe
+        command = _jemkit("run", str(recipe), "--seeds", seeds, "--out", str(sweep_dir), "--jobs", str(jobs))
         command += list(overrides)
     print(f"[{key}] {shlex.join(command)}", flush=True)
     code = subprocess.run(command, stdin=subprocess.DEVNULL).returncode
