@@ -31,9 +31,7 @@ import datetime
 import json
 import math
 import os
-import shlex
 import statistics
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -46,7 +44,7 @@ from jemkit.run_index import find_runs, read_jsonl, read_run
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 # The digits recipes (short name -> file) and the --tiny overrides are those of the results script.
-from results import RECIPES, TINY_TRAIN  # noqa: E402
+from results import RECIPES, TINY_TRAIN, script_command, sweep, write_document  # noqa: E402
 
 #: Overrides that give every epoch its test accuracy and its checkpoint (all kept: see
 #: :func:`per_epoch`, which adds ``train.keep_checkpoints``).
@@ -81,34 +79,11 @@ class RunResult:
 # ---------------------------------------------------------------------- training
 def train(key: str, seeds: str, runs_dir: Path, jobs: int, tiny: bool) -> Path:
     """Train (or finish) the one-thread sweep of ``key`` over ``seeds``; its directory."""
-    from jemkit.sweep import is_sweep_dir, load_sweep
-
     if key not in RECIPES:
         raise TimeToQualityError(f"Unknown recipe {key!r}. Choose from {', '.join(RECIPES)} (comma-separated).")
-    sweep_dir = runs_dir / key
-    if is_sweep_dir(sweep_dir):
-        record = load_sweep(sweep_dir)
-        if record.grid.get("seed") != [s.strip() for s in seeds.split(",")]:
-            raise TimeToQualityError(
-                f"{sweep_dir} is a sweep over seeds {','.join(record.grid.get('seed', []))}, not {seeds}. "
-                "Pass the same --seeds, or another --runs-dir."
-            )
-        if all((sweep_dir / m.name / "summary.json").is_file() for m in record.members):
-            return sweep_dir
-        command = [sys.executable, "-m", "jemkit", "run", "--resume", str(sweep_dir), "--jobs", str(jobs)]
-    else:
-        recipe = ROOT / "recipes" / RECIPES[key]
-        command = [sys.executable, "-m", "jemkit", "run", str(recipe), "--seeds", seeds, "--out", str(sweep_dir)]
-        command += ["--jobs", str(jobs), *per_epoch(recipe, TINY_TRAIN if tiny else ())]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    print(f"[{key}] OMP_NUM_THREADS=1 {shlex.join(command)}", flush=True)
-    code = subprocess.run(command, stdin=subprocess.DEVNULL, env=env).returncode
-    if code != 0:
-        raise TimeToQualityError(
-            f"The sweep {sweep_dir} did not complete (exit {code}); logs in {sweep_dir / 'logs'}. "
-            "Fix the cause and run this script again: it resumes the sweep."
-        )
-    return sweep_dir
+    recipe = ROOT / "recipes" / RECIPES[key]
+    one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return sweep(key, seeds, runs_dir, jobs, per_epoch(recipe, TINY_TRAIN if tiny else ()), recipe, one_thread)
 
 
 # ---------------------------------------------------------------------- measuring
@@ -372,13 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = {}
         for key, sweep_dir in sweeps.items():
             results[key] = [measure_run(run, args.acc, args.sample_acc, judge) for run in find_runs(sweep_dir)]
-        command = shlex.join(["python", "benchmarks/time_to_quality.py", *(sys.argv[1:] if argv is None else argv)])
-        text = document(results, args, command)
+        text = document(results, args, script_command("benchmarks/time_to_quality.py", argv))
         if args.out is None:
             sys.stdout.write(text)
         else:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(text, encoding="utf-8")
+            write_document(args.out, text)
             print(f"wrote {args.out}")
     except JemkitError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -285,10 +285,16 @@ def _jemkit(*words: str) -> list[str]:
 
 
 def sweep(
-    key: str, seeds: str, runs_dir: Path, jobs: int, overrides: Sequence[str], recipe: Path | None = None
+    key: str,
+    seeds: str,
+    runs_dir: Path,
+    jobs: int,
+    overrides: Sequence[str],
+    recipe: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Path:
     """Train (or finish) the sweep ``runs_dir/key`` of ``recipe`` (default: the digits recipe
-    ``key``) with ``overrides`` over ``seeds``; its directory."""
+    ``key``) with ``overrides`` over ``seeds``, ``env`` added to the environment; its directory."""
     from jemkit.sweep import is_sweep_dir, load_sweep
 
     sweep_dir = runs_dir / key
@@ -307,8 +313,9 @@ def sweep(
         recipe = recipe_path(key) if recipe is None else recipe
         command = _jemkit("run", str(recipe), "--seeds", seeds, "--out", str(sweep_dir), "--jobs", str(jobs))
         command += list(overrides)
-    print(f"[{key}] {shlex.join(command)}", flush=True)
-    code = subprocess.run(command, stdin=subprocess.DEVNULL).returncode
+    shown = " ".join(f"{name}={value}" for name, value in (env or {}).items())
+    print(f"[{key}] {shown + ' ' if shown else ''}{shlex.join(command)}", flush=True)
+    code = subprocess.run(command, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})}).returncode
     if code != 0:
         raise ResultsError(
             f"The sweep {sweep_dir} did not complete (exit {code}); its members' logs are in {sweep_dir / 'logs'}. "
@@ -614,16 +621,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             sweep_dirs.append(runs_dir / key if args.skip_train else sweep(key, args.seeds, runs_dir, args.jobs, overrides))
         done, _ = collect(sweep_dirs)
         evaluate_runs([r.path for r in done], eval_args, args.jobs)
-        command = shlex.join(["python", "scripts/results.py", *(sys.argv[1:] if argv is None else argv)])
+        command = script_command("scripts/results.py", argv)
         compare_file = args.out.with_name(f"{args.out.stem}_compare.md")
-        text = build_document(sweep_dirs, keys, command, args.tiny, compare_file)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text, encoding="utf-8")
+        write_document(args.out, build_document(sweep_dirs, keys, command, args.tiny, compare_file))
         print(f"wrote {args.out} and {compare_file}")
     except JemkitError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+# ---------------------------------------------------------------------- shared by the result scripts
+def script_command(script: str, argv: Sequence[str] | None) -> str:
+    """The command line that regenerates a document: ``python SCRIPT ARGS`` (``argv`` or this process's)."""
+    return shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+
+
+def run_script(body: Callable[[], None]) -> int:
+    """Exit status of a result script's ``body``: 0, or 1 after printing a jemkit error's message."""
+    try:
+        body()
+    except JemkitError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def write_document(out: Path, text: str) -> None:
+    """Write ``text`` to ``out``, making its folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

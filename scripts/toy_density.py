@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,10 +29,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from results import ResultsError, cell, sweep  # noqa: E402
+from results import ResultsError, cell, run_script, script_command, sweep, write_document  # noqa: E402
 
 from jemkit.compare import describe  # noqa: E402
-from jemkit.errors import JemkitError  # noqa: E402
 from jemkit.run_index import find_runs, read_run  # noqa: E402
 
 #: Percentage points by which each mode's share of the model's mass may differ from the truth.
@@ -186,29 +184,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        by_key = {arm.key: arm for arm in ARMS}
-        wanted = [k.strip() for k in args.toys.split(",") if k.strip()]
-        unknown = [k for k in wanted if k not in by_key]
-        if unknown:
-            raise ResultsError(f"Unknown toy arm(s) {', '.join(unknown)}. Choose from {', '.join(by_key)}.")
-        if args.jobs < 1:
-            raise ResultsError(f"--jobs must be at least 1, got {args.jobs}.")
-        runs_dir = args.runs_dir.resolve()
-        results: dict[Arm, list[ToyRun]] = {}
-        for key in wanted:
-            arm = by_key[key]
-            overrides = [*arm.overrides, *(TINY if args.tiny else ())]
-            sweep_dir = sweep(arm.key, args.seeds, runs_dir, args.jobs, overrides, ROOT / "recipes" / arm.recipe)
-            results[arm] = [read_toy_run(path) for path in find_runs(sweep_dir)]
-        command = shlex.join(["python", "scripts/toy_density.py", *(sys.argv[1:] if argv is None else argv)])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(document(results, command, args.tiny), encoding="utf-8")
-        print(f"wrote {args.out}")
-    except JemkitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_script(lambda: build(args, script_command("scripts/toy_density.py", argv)))
+
+
+def build(args: argparse.Namespace, command: str) -> None:
+    """Train what is missing and write the document."""
+    by_key = {arm.key: arm for arm in ARMS}
+    wanted = [k.strip() for k in args.toys.split(",") if k.strip()]
+    unknown = [k for k in wanted if k not in by_key]
+    if unknown:
+        raise ResultsError(f"Unknown toy arm(s) {', '.join(unknown)}. Choose from {', '.join(by_key)}.")
+    if args.jobs < 1:
+        raise ResultsError(f"--jobs must be at least 1, got {args.jobs}.")
+    runs_dir = args.runs_dir.resolve()
+    results: dict[Arm, list[ToyRun]] = {}
+    for key in wanted:
+        arm = by_key[key]
+        overrides = [*arm.overrides, *(TINY if args.tiny else ())]
+        sweep_dir = sweep(arm.key, args.seeds, runs_dir, args.jobs, overrides, ROOT / "recipes" / arm.recipe)
+        results[arm] = [read_toy_run(path) for path in find_runs(sweep_dir)]
+    write_document(args.out, document(results, command, args.tiny))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
