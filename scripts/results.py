@@ -298,6 +298,7 @@ def sweep(
     from jemkit.sweep import is_sweep_dir, load_sweep
 
     sweep_dir = runs_dir / key
+    recipe = recipe_path(key) if recipe is None else recipe
     if is_sweep_dir(sweep_dir):
         record = load_sweep(sweep_dir)
         wanted = [s.strip() for s in seeds.split(",")]
@@ -306,11 +307,16 @@ def sweep(
                 f"{sweep_dir} is a sweep over seeds {','.join(record.grid.get('seed', []))}, not {seeds}. "
                 "Pass the same --seeds, or another --runs-dir for a new set of sweeps."
             )
+        stale = _stale(sweep_dir, record.recipe_copy, record.base_overrides, recipe, overrides)
+        if stale:
+            raise ResultsError(
+                f"{sweep_dir} was trained with {stale}, so its numbers are not this recipe's. Move that sweep "
+                "away (or pass another --runs-dir) and run this script again to train the recipe as it is now."
+            )
         if all((sweep_dir / m.name / "summary.json").is_file() for m in record.members):
             return sweep_dir
         command = _jemkit("run", "--resume", str(sweep_dir), "--jobs", str(jobs))
     else:
-        recipe = recipe_path(key) if recipe is None else recipe
         command = _jemkit("run", str(recipe), "--seeds", seeds, "--out", str(sweep_dir), "--jobs", str(jobs))
         command += list(overrides)
     shown = " ".join(f"{name}={value}" for name, value in (env or {}).items())
@@ -322,6 +328,19 @@ def sweep(
             f"Fix the cause and run this script again: it finishes the sweep with `jemkit run --resume {sweep_dir}`."
         )
     return sweep_dir
+
+
+def _stale(sweep_dir: Path, copy: str, trained: Sequence[str], recipe: Path, overrides: Sequence[str]) -> str:
+    """What differs between a sweep's stored recipe and overrides and the ones asked for ("" if nothing)."""
+    try:
+        same_recipe = (sweep_dir / copy).read_text(encoding="utf-8") == recipe.read_text(encoding="utf-8")
+    except OSError:
+        return ""  # a missing copy is load_sweep's or the resume's error to report
+    if not same_recipe:
+        return f"an older version of {recipe.name} (its copy {copy} differs from {recipe})"
+    if list(trained) != list(overrides):
+        return f"the overrides {' '.join(trained) or '(none)'} instead of {' '.join(overrides) or '(none)'}"
+    return ""
 
 
 def evaluate_runs(run_dirs: Sequence[Path], eval_args: Sequence[str], jobs: int) -> None:

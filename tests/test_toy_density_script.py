@@ -47,5 +47,23 @@ def test_tiny_sweeps_give_one_row_per_seed_and_resume(tmp_path):
         assert masses in text and len(summary["density/mode_masses"]) == 2
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "jemkit run" not in again.stdout, again.stdout  # nothing trained again
+    # the same sweeps asked for without --tiny: refused, since they were trained with other overrides
+    full = [arg for arg in command if arg != "--tiny"]
+    refused = subprocess.run(full, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "was trained with the overrides train.epochs=1" in refused.stderr, refused.stderr
+    assert "instead of (none)" in refused.stderr and "jemkit run" not in refused.stdout
     unknown = subprocess.run([*command[:2], "--toys", "swirl"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 1 and "Unknown toy arm(s) swirl. Choose from 8gaussians" in unknown.stderr
+
+
+def test_a_sweep_of_an_older_recipe_is_stale(tmp_path):
+    from results import _stale
+
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text("name: toy\nseed: 1\n")
+    (tmp_path / "sweep" / "recipe").mkdir(parents=True)
+    (tmp_path / "sweep" / "recipe" / "toy.yaml").write_text("name: toy\nseed: 1\n")
+    assert _stale(tmp_path / "sweep", "recipe/toy.yaml", ["a=1"], recipe, ["a=1"]) == ""
+    assert "overrides a=1 instead of a=2" in _stale(tmp_path / "sweep", "recipe/toy.yaml", ["a=1"], recipe, ["a=2"])
+    recipe.write_text("name: toy\nseed: 2\n")  # the recipe changed after the sweep was trained
+    assert "an older version of toy.yaml" in _stale(tmp_path / "sweep", "recipe/toy.yaml", ["a=1"], recipe, ["a=1"])
