@@ -132,6 +132,10 @@ def build_uniform(params: UniformParams, context: BuildContext) -> UniformNoise:
     return UniformNoise(_require_shape(context), params.low, params.high)
 
 
+#: How a class-conditional buffer's unlabelled draws pick a class block (:class:`ReplayBufferParams`).
+CLASS_PRIORS = ("uniform", "data")
+
+
 @dataclass
 class ReplayBufferParams:
     """Persistent replay buffer of past chain states (JEM: 10,000 samples, reinit 0.05)."""
@@ -141,6 +145,11 @@ class ReplayBufferParams:
     reinit_freq: float = 0.05
     #: Split the buffer into ``num_classes`` equal blocks, one per class.
     class_conditional: bool = False
+    #: With ``class_conditional``: how a draw without labels (the p(x) term's negatives) picks its
+    #: block. ``uniform``: every class alike (JEM's setting); ``data``: in proportion to the training
+    #: set's class frequencies, so that data with unequal classes gets p(x) negatives in the data's
+    #: proportion even where chains never leave their block's region.
+    class_prior: str = "uniform"
     low: float = -1.0
     high: float = 1.0
     #: Keep the buffer on the training device (faster on GPU; larger checkpoints are unaffected).
@@ -151,6 +160,10 @@ class ReplayBufferParams:
             raise ValueError(f"size must be at least 1, got {self.size}")
         if not 0.0 <= self.reinit_freq <= 1.0:
             raise ValueError(f"reinit_freq is a probability in [0, 1], got {self.reinit_freq}")
+        if self.class_prior not in CLASS_PRIORS:
+            raise ValueError(f"class_prior must be one of {', '.join(CLASS_PRIORS)}, got {self.class_prior!r}")
+        if self.class_prior != "uniform" and not self.class_conditional:
+            raise ValueError(f"class_prior {self.class_prior!r} needs class_conditional: true (one block per class)")
 
 
 class ReplayBuffer(ChainInit):
@@ -165,21 +178,28 @@ class ReplayBuffer(ChainInit):
         low: float = -1.0,
         high: float = 1.0,
         device: torch.device | str = "cpu",
+        class_prior: Tensor | None = None,
     ) -> None:
         if num_classes is not None and size < num_classes:
             raise ValueError(f"a class-conditional buffer needs size >= num_classes ({num_classes}), got {size}")
+        if class_prior is not None and (num_classes is None or class_prior.shape != (num_classes,)):
+            raise ValueError(f"class_prior needs one probability per class block ({num_classes}), got {tuple(class_prior.shape)}")
         self.noise = UniformNoise(shape, low, high)
         self.reinit_freq = reinit_freq
         self.num_classes = num_classes
         self.block = size // num_classes if num_classes else size
         self.size = self.block * num_classes if num_classes else size
         self.buffer = self.noise.noise(self.size, device)
+        #: Probabilities ``[num_classes]`` of an unlabelled draw's block (``None``: uniform).
+        self.class_prior = None if class_prior is None else (class_prior / class_prior.sum()).to(self.buffer.device)
 
     def _slots(self, n: int, y: Tensor | None) -> Tensor:
         device = self.buffer.device
         slots = torch.randint(0, self.block, (n,), device=device)
         if self.num_classes:
-            if y is None:
+            if y is None and self.class_prior is not None:
+                y = torch.multinomial(self.class_prior, n, replacement=True) if n else torch.zeros(0, dtype=torch.long)
+            elif y is None:
                 y = torch.randint(0, self.num_classes, (n,), device=device)
             slots = slots + y.to(device).long() * self.block
         return slots
@@ -216,9 +236,28 @@ def build_replay_buffer(params: ReplayBufferParams, context: BuildContext) -> Re
             raise ValueError("class_conditional needs the number of classes, which the data set provides")
         num_classes = context.num_classes
     device = context.device if params.on_device else torch.device("cpu")
+    prior = data_class_prior(context) if params.class_prior == "data" else None
     return ReplayBuffer(
-        _require_shape(context), params.size, params.reinit_freq, num_classes, params.low, params.high, device
+        _require_shape(context), params.size, params.reinit_freq, num_classes, params.low, params.high, device, prior
     )
+
+
+def data_class_prior(context: BuildContext) -> Tensor:
+    """The training set's class frequencies ``[num_classes]`` (summing to 1), from its ``targets``
+    (or the label tensor of a ``TensorDataset``)."""
+    data = context.train_data
+    targets = getattr(data, "targets", None)
+    if targets is None and isinstance(data, torch.utils.data.TensorDataset) and len(data.tensors) > 1:
+        targets = data.tensors[1]
+    if targets is None or not context.num_classes:
+        raise ValueError(
+            "class_prior: data needs the training set's labels (a data set with a `targets` attribute, as the "
+            "built-in ones have, or a TensorDataset of inputs and labels); use class_prior: uniform otherwise"
+        )
+    counts = torch.bincount(torch.as_tensor(targets, dtype=torch.long).reshape(-1), minlength=context.num_classes)
+    if counts.numel() != context.num_classes or int(counts.sum()) == 0:
+        raise ValueError(f"class_prior: data found labels outside 0..{context.num_classes - 1} or none at all")
+    return counts.double() / counts.sum()
 
 
 @hookimpl
