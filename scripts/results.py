@@ -331,16 +331,22 @@ def sweep(
 
 
 def _stale(sweep_dir: Path, copy: str, trained: Sequence[str], recipe: Path, overrides: Sequence[str]) -> str:
-    """What differs between a sweep's stored recipe and overrides and the ones asked for ("" if nothing)."""
-    try:
-        same_recipe = (sweep_dir / copy).read_text(encoding="utf-8") == recipe.read_text(encoding="utf-8")
-    except OSError:
+    """What differs between the experiment a sweep ran (its stored recipe and overrides) and the one
+    asked for ("" if nothing). Compares the resolved configurations, so an edited comment or an
+    override that the recipe now holds itself does not make a sweep stale."""
+    from omegaconf import OmegaConf
+
+    from jemkit.config import load_recipe
+
+    if not (sweep_dir / copy).is_file():
         return ""  # a missing copy is load_sweep's or the resume's error to report
-    if not same_recipe:
-        return f"an older version of {recipe.name} (its copy {copy} differs from {recipe})"
-    if list(trained) != list(overrides):
-        return f"the overrides {' '.join(trained) or '(none)'} instead of {' '.join(overrides) or '(none)'}"
-    return ""
+    before = OmegaConf.to_container(load_recipe(sweep_dir / copy, list(trained)), resolve=True)
+    now = OmegaConf.to_container(load_recipe(recipe, list(overrides)), resolve=True)
+    assert isinstance(before, dict) and isinstance(now, dict)
+    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    if not changed:
+        return ""
+    return f"other settings of {', '.join(changed)} than {recipe.name}{' with ' + ' '.join(overrides) if overrides else ''} has now"
 
 
 def evaluate_runs(run_dirs: Sequence[Path], eval_args: Sequence[str], jobs: int) -> None:

@@ -61,10 +61,12 @@ NO_DECAY = ("schedule.milestones=[]",)
 
 ARMS: tuple[Arm, ...] = (
     Arm("8gaussians", "toy_8gaussians.yaml"),
+    Arm("8gaussians_no_decay", "toy_8gaussians.yaml", NO_DECAY, "toy_8gaussians without its LR decay (as before issue 17)"),
     Arm("8gaussians_balanced", "toy_8gaussians_balanced.yaml"),
     Arm("8gaussians_balanced_no_decay", "toy_8gaussians_balanced.yaml", NO_DECAY,
         "toy_8gaussians_balanced without its LR decay (constant LR 1e-3 to the end)"),
     Arm("moons", "toy_moons.yaml"),
+    Arm("moons_no_decay", "toy_moons.yaml", NO_DECAY, "toy_moons without its LR decay (as before issue 17)"),
     Arm("moons_balanced", "toy_moons.yaml", BALANCED, "toy_moons with toy_8gaussians_balanced's setting"),
     Arm("rings", "toy_rings.yaml"),
     Arm("rings_no_decay", "toy_rings.yaml", NO_DECAY, "toy_rings without its LR decay (as before issue 17)"),
@@ -72,6 +74,8 @@ ARMS: tuple[Arm, ...] = (
         "toy_rings with toy_8gaussians_balanced's setting and p(x) negatives drawn from the class blocks in "
         "the data's proportion (the rings hold 1:2:3 of the points)"),
     Arm("checkerboard", "toy_checkerboard.yaml"),
+    Arm("checkerboard_no_decay", "toy_checkerboard.yaml", NO_DECAY,
+        "toy_checkerboard without its LR decay (as before issue 17)"),
     Arm("checkerboard_balanced", "toy_checkerboard.yaml", BALANCED,
         "toy_checkerboard with toy_8gaussians_balanced's setting (2 classes for 8 modes: the class blocks "
         "cannot balance the squares within a class)"),
