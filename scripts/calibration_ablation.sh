@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Calibration ablation of the JEM digits recipe over seeds 1-3: the p(x) weight (loss.px 0.3, 0.2,
 # 0.1), and at the smallest weight longer SGLD chains (sampler.steps 40 instead of 20) or longer
-# training (train.epochs 40 instead of 25, also with a small energy L2 term against divergence),
+# training (train.epochs 40 instead of 25, also with a small energy L2 term against divergence, and
+# 60 with it),
 # which might buy back the sample quality that the small weight costs while keeping its calibration.
 #
 #   bash scripts/calibration_ablation.sh            # -> docs/results_ablation_px.md
@@ -10,8 +11,9 @@
 # Each arm below is trained over the seeds (one sweep directory per arm under runs/; a complete
 # sweep is not trained again), every member without a report is evaluated (accuracy,
 # calibration, OOD, generation; each section of `jemkit eval` reseeds, so these numbers equal
-# those of full evaluations), and `jemkit compare --group-by loss.px,sampler.steps,train.epochs`
-# of px = 1.0 (seeds 1-3) and the arms is written as Markdown.
+# those of full evaluations), and `jemkit compare --group-by
+# loss.px,sampler.steps,train.epochs,loss.energy_l2` of px = 1.0 (seeds 1-3) and the arms is
+# written as Markdown.
 #
 # Settings (environment): JEMKIT (default .venv/bin/jemkit), RUNS (default runs), JOBS (default 2),
 # OUT (default docs/results_ablation_px.md).
@@ -37,6 +39,7 @@ ARMS=(
     "ablation_px01_chains loss.px=0.1 sampler.steps=40"
     "ablation_px01_long loss.px=0.1 train.epochs=40"
     "ablation_px01_long_l2 loss.px=0.1 train.epochs=40 loss.energy_l2=0.01"
+    "ablation_px01_longer_l2 loss.px=0.1 train.epochs=60 loss.energy_l2=0.01"
 )
 DIRS=()
 for arm in "${ARMS[@]}"; do
