@@ -167,3 +167,16 @@ def test_sections_a_recipe_leaves_out_are_the_defaults_table(plugins):
         experiment.optimizer.step()
         schedule.step()
     assert [group["lr"] for group in experiment.optimizer.param_groups] == lr, "the default schedule keeps the LR"
+
+
+def test_calibrated_digits_recipe_is_the_measured_ablation_arm():
+    """jem_calibrated_digits.yaml is jem_digits.yaml with exactly the three keys of the arm
+    `ablation_px01_longer_l2` of scripts/calibration_ablation.sh, whose numbers its comment quotes."""
+    calibrated = OmegaConf.to_container(load_recipe(RECIPES / "jem_calibrated_digits.yaml"))
+    arm = OmegaConf.to_container(
+        load_recipe(RECIPES / "jem_digits.yaml", ["loss.px=0.1", "train.epochs=60", "loss.energy_l2=0.01"])
+    )
+    differ = {key for key in calibrated.keys() | arm.keys() if calibrated.get(key) != arm.get(key)}
+    assert differ == {"name", "description"}, differ
+    script = (RECIPES.parent / "scripts" / "calibration_ablation.sh").read_text()
+    assert '"ablation_px01_longer_l2 loss.px=0.1 train.epochs=60 loss.energy_l2=0.01"' in script
