@@ -4,8 +4,9 @@
 the directory: exclusively by training (``jemkit run``, ``jemkit run --resume``), shared by
 ``jemkit eval`` while it writes a report inside the directory. Evaluations only add their own new
 folders (assembled in a private temporary folder, then renamed into place), so several may run
-at once on one run; none runs while the run trains, and training waits for none. The kernel releases the lock when the process exits for any reason, ``kill -9``
-included, so a lock left behind by a dead process never blocks. The file's content (pid, host,
+at once on one run; none runs while the run trains, and training waits for none. The kernel
+releases the lock when the process exits for any reason, ``kill -9`` included, so a lock left
+behind by a dead process never blocks. The file's content (pid, host,
 command, start time) only serves the error message a second writer gets; it is never trusted to
 decide whether the lock is held.
 
@@ -54,7 +55,8 @@ def _describe_holder(info: dict[str, Any]) -> str:
 
 
 class RunLock:
-    """Exclusive lock on a run directory for the lifetime of this object (a context manager).
+    """Lock on a run directory (exclusive, or ``shared`` among evaluations) for the lifetime of this
+    object (a context manager).
 
     ``purpose`` ("training", "evaluation") goes into the lock file and the holder's description.
     A ``shared`` lock (evaluations) coexists with other shared ones and excludes an exclusive one

@@ -183,7 +183,9 @@ class ReplayBuffer(ChainInit):
         if num_classes is not None and size < num_classes:
             raise ValueError(f"a class-conditional buffer needs size >= num_classes ({num_classes}), got {size}")
         if class_prior is not None and (num_classes is None or class_prior.shape != (num_classes,)):
-            raise ValueError(f"class_prior needs one probability per class block ({num_classes}), got {tuple(class_prior.shape)}")
+            raise ValueError(
+                f"class_prior needs one probability per class block ({num_classes}), got {tuple(class_prior.shape)}"
+            )
         self.noise = UniformNoise(shape, low, high)
         self.reinit_freq = reinit_freq
         self.num_classes = num_classes
@@ -198,7 +200,7 @@ class ReplayBuffer(ChainInit):
         slots = torch.randint(0, self.block, (n,), device=device)
         if self.num_classes:
             if y is None and self.class_prior is not None:
-                y = torch.multinomial(self.class_prior, n, replacement=True) if n else torch.zeros(0, dtype=torch.long)
+                y = torch.multinomial(self.class_prior, n, replacement=True) if n else slots.new_zeros(0)
             elif y is None:
                 y = torch.randint(0, self.num_classes, (n,), device=device)
             slots = slots + y.to(device).long() * self.block
