@@ -44,7 +44,7 @@ from jemkit.run_index import find_runs, read_jsonl, read_run
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 # The digits recipes (short name -> file) and the --tiny overrides are those of the results script.
-from results import RECIPES, TINY_TRAIN, script_command, sweep, write_document  # noqa: E402
+from results import RECIPES, TINY_TRAIN, run_script, script_command, sweep, write_document  # noqa: E402
 
 #: Overrides that give every epoch its test accuracy and its checkpoint (all kept: see
 #: :func:`per_epoch`, which adds ``train.keep_checkpoints``).
@@ -337,26 +337,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.jobs < 1:
-            raise TimeToQualityError(f"--jobs must be at least 1, got {args.jobs}.")
-        keys = [k.strip() for k in args.recipes.split(",") if k.strip()]
-        runs_dir = args.runs_dir.resolve()
-        sweeps = {key: train(key, args.seeds, runs_dir, args.jobs, args.tiny) for key in keys}
-        judge = SampleJudge(args.per_class, args.steps)
-        results = {}
-        for key, sweep_dir in sweeps.items():
-            results[key] = [measure_run(run, args.acc, args.sample_acc, judge) for run in find_runs(sweep_dir)]
-        text = document(results, args, script_command("benchmarks/time_to_quality.py", argv))
-        if args.out is None:
-            sys.stdout.write(text)
-        else:
-            write_document(args.out, text)
-            print(f"wrote {args.out}")
-    except JemkitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_script(lambda: build(args, argv))
+
+
+def build(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    """Train what is missing, measure every run, then write (or print) the table."""
+    if args.jobs < 1:
+        raise TimeToQualityError(f"--jobs must be at least 1, got {args.jobs}.")
+    keys = [k.strip() for k in args.recipes.split(",") if k.strip()]
+    runs_dir = args.runs_dir.resolve()
+    sweeps = {key: train(key, args.seeds, runs_dir, args.jobs, args.tiny) for key in keys}
+    judge = SampleJudge(args.per_class, args.steps)
+    results = {}
+    for key, sweep_dir in sweeps.items():
+        results[key] = [measure_run(run, args.acc, args.sample_acc, judge) for run in find_runs(sweep_dir)]
+    text = document(results, args, script_command("benchmarks/time_to_quality.py", argv))
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        write_document(args.out, text)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

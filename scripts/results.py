@@ -632,28 +632,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.jobs < 1:
-            raise ResultsError(f"--jobs must be at least 1, got {args.jobs}.")
-        keys = [k.strip() for k in args.recipes.split(",") if k.strip()]
-        for key in keys:
-            recipe_path(key)
-        eval_args = shlex.split(args.eval_args) if args.eval_args is not None else list(TINY_EVAL if args.tiny else FULL_EVAL)
-        overrides = TINY_TRAIN if args.tiny else ()
-        runs_dir = args.runs_dir.resolve()
-        sweep_dirs = []
-        for key in keys:
-            sweep_dirs.append(runs_dir / key if args.skip_train else sweep(key, args.seeds, runs_dir, args.jobs, overrides))
-        done, _ = collect(sweep_dirs)
-        evaluate_runs([r.path for r in done], eval_args, args.jobs)
-        command = script_command("scripts/results.py", argv)
-        compare_file = args.out.with_name(f"{args.out.stem}_compare.md")
-        write_document(args.out, build_document(sweep_dirs, keys, command, args.tiny, compare_file))
-        print(f"wrote {args.out} and {compare_file}")
-    except JemkitError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_script(lambda: build(args, argv))
+
+
+def build(args: argparse.Namespace, argv: Sequence[str] | None) -> None:
+    """Train and evaluate what is missing, then write the document and its compare table."""
+    if args.jobs < 1:
+        raise ResultsError(f"--jobs must be at least 1, got {args.jobs}.")
+    keys = [k.strip() for k in args.recipes.split(",") if k.strip()]
+    for key in keys:
+        recipe_path(key)
+    eval_args = shlex.split(args.eval_args) if args.eval_args is not None else list(TINY_EVAL if args.tiny else FULL_EVAL)
+    overrides = TINY_TRAIN if args.tiny else ()
+    runs_dir = args.runs_dir.resolve()
+    sweep_dirs = []
+    for key in keys:
+        sweep_dirs.append(runs_dir / key if args.skip_train else sweep(key, args.seeds, runs_dir, args.jobs, overrides))
+    done, _ = collect(sweep_dirs)
+    evaluate_runs([r.path for r in done], eval_args, args.jobs)
+    command = script_command("scripts/results.py", argv)
+    compare_file = args.out.with_name(f"{args.out.stem}_compare.md")
+    write_document(args.out, build_document(sweep_dirs, keys, command, args.tiny, compare_file))
+    print(f"wrote {args.out} and {compare_file}")
 
 
 # ---------------------------------------------------------------------- shared by the result scripts
